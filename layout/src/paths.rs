@@ -1,0 +1,24 @@
+//! Well-known paths inside the initramfs and the root image.
+
+/// Where `init` mounts the new root before switching to it.
+pub const SYSROOT: &str = "/sysroot";
+/// The agent, executed by `init` as PID 1 after `switch_root`.
+pub const AGENT_PATH: &str = "/usr/bin/node-agent";
+/// os-release of the image, carrying its version.
+pub const OS_RELEASE: &str = "/usr/lib/os-release";
+/// Kernel modules of the image: `<MODULES_ROOT>/<kernel release>/`.
+pub const MODULES_ROOT: &str = "/usr/lib/modules";
+/// In the initramfs: the modules `init` must load, one name per line. Their
+/// dependencies come from the pruned `modules.dep` next to them.
+pub const INITRD_MODULE_LIST: &str = "/etc/caisson/initrd-modules";
+/// In the initramfs: the kernel release the modules belong to.
+pub const INITRD_KERNEL_RELEASE: &str = "/etc/caisson/kernel-release";
+/// Written by `init` for the agent: the block device the root came from,
+/// e.g. `vda2` (a name under `/sys/class/block`).
+pub const ROOT_DEVICE_HINT: &str = "/run/caisson/root-device";
+/// STATE is mounted here, mode 0700, for the agent alone.
+pub const STATE_MOUNT: &str = "/run/caisson/state";
+/// DATA is mounted here.
+pub const DATA_MOUNT: &str = "/var";
+/// Directories that must exist in the read-only root as mount points.
+pub const ROOT_MOUNT_POINTS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "var", "etc", "boot"];

@@ -1,0 +1,118 @@
+//! Map a key path such as `network.interfaces[1].mtu` back to a line and
+//! column in the original text, for errors found after deserialization.
+
+use std::ops::Range;
+
+use toml_edit::{ImDocument, Item, Table, Value};
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn steps(path: &str) -> Vec<Step<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, rest) = match part.find('[') {
+            Some(i) => part.split_at(i),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            out.push(Step::Key(key));
+        }
+        for idx in rest.split('[').filter(|s| !s.is_empty()) {
+            if let Ok(n) = idx.trim_end_matches(']').parse() {
+                out.push(Step::Index(n));
+            }
+        }
+    }
+    out
+}
+
+/// A node of the parsed document, whatever its TOML spelling.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Item(&'a Item),
+    Table(&'a Table),
+    Value(&'a Value),
+}
+
+impl<'a> Node<'a> {
+    fn span(self) -> Option<Range<usize>> {
+        match self {
+            Node::Item(i) => i.span(),
+            Node::Table(t) => t.span(),
+            Node::Value(v) => v.span(),
+        }
+    }
+
+    fn child(self, step: &Step<'_>) -> Option<Node<'a>> {
+        match (self, step) {
+            (Node::Item(Item::Table(t)), Step::Key(k)) | (Node::Table(t), Step::Key(k)) => {
+                t.get(k).map(Node::Item)
+            }
+            (Node::Item(Item::Value(v)), _) => Node::Value(v).child(step),
+            (Node::Value(Value::InlineTable(t)), Step::Key(k)) => t.get(k).map(Node::Value),
+            (Node::Item(Item::ArrayOfTables(a)), Step::Index(i)) => a.get(*i).map(Node::Table),
+            (Node::Value(Value::Array(a)), Step::Index(i)) => a.get(*i).map(Node::Value),
+            _ => None,
+        }
+    }
+}
+
+/// Where the deepest existing element of `path` starts; `None` if the text
+/// does not parse or no element of the path has a position.
+pub fn position_of_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let doc = ImDocument::parse(text).ok()?;
+    let mut node = Node::Item(doc.as_item());
+    let mut best = None;
+    for step in steps(path) {
+        match node.child(&step) {
+            Some(next) => {
+                if let Some(span) = next.span() {
+                    best = Some(span.start);
+                }
+                node = next;
+            }
+            None => break,
+        }
+    }
+    best.map(|o| line_col(text, o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "version = 1\n\n[[network.interfaces]]\nname = \"eth0\"\n\n[[network.interfaces]]\nname = \"eth1\"\nmtu = 10\naddresses = [\"10.0.0.1/24\", \"bad\"]\n";
+
+    #[test]
+    fn splits_paths_into_keys_and_indices() {
+        assert_eq!(
+            steps("network.interfaces[1].addresses[0]"),
+            vec![Step::Key("network"), Step::Key("interfaces"), Step::Index(1), Step::Key("addresses"), Step::Index(0)]
+        );
+    }
+
+    #[test]
+    fn finds_values_inside_arrays_of_tables() {
+        assert_eq!(position_of_path(DOC, "network.interfaces[1].mtu"), Some((8, 7)));
+        assert_eq!(position_of_path(DOC, "network.interfaces[1].addresses[1]"), Some((9, 29)));
+        assert_eq!(position_of_path(DOC, "version"), Some((1, 11)));
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,71 @@
+//! Every example machine config in this directory parses and validates.
+
+use std::path::{Path, PathBuf};
+
+fn examples(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.ends_with("src") && !path.ends_with("tests") {
+            examples(&path, out);
+        } else if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("Cargo.toml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut files = Vec::new();
+    examples(Path::new(env!("CARGO_MANIFEST_DIR")), &mut files);
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "single-node-dhcp.toml",
+            "static-two-nics.toml",
+            "three-node/node-1.toml",
+            "three-node/node-2.toml",
+            "three-node/node-3.toml",
+        ]
+    );
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        if let Err(e) = caisson_config::parse(&f.display().to_string(), &text) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn static_example_selects_links_by_name_and_by_mac() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("static-two-nics.toml");
+    let c = caisson_config::parse("static", &std::fs::read_to_string(path).unwrap()).unwrap();
+    let ifs = &c.network.interfaces;
+    assert_eq!(ifs[0].name.as_deref(), Some("eth0"));
+    assert_eq!(ifs[1].mac.as_deref(), Some("52:54:00:aa:bb:02"));
+    assert_eq!(ifs[1].mtu, Some(9000));
+    assert_eq!(c.kernel.args, ["mitigations=auto"]);
+}
+
+#[test]
+fn three_node_set_shares_one_ca_and_has_distinct_names_and_addresses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("three-node");
+    let configs: Vec<_> = (1..=3)
+        .map(|i| {
+            let text = std::fs::read_to_string(dir.join(format!("node-{i}.toml"))).unwrap();
+            caisson_config::parse("three-node", &text).unwrap()
+        })
+        .collect();
+    assert!(configs.windows(2).all(|w| w[0].api.ca_cert == w[1].api.ca_cert));
+    let mut names: Vec<_> = configs.iter().map(|c| c.machine.hostname.clone()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 3);
+    let mut addrs: Vec<_> = configs.iter().map(|c| c.network.interfaces[0].addresses[0]).collect();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 3);
+}

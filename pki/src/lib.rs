@@ -249,6 +249,19 @@ pub fn client_identity(cert_der: &[u8]) -> Result<ClientIdentity, PkiError> {
     Ok(ClientIdentity { common_name, role: org.parse()? })
 }
 
+/// The subject CN of any certificate, verified or not.
+pub fn common_name(cert_der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok(cn)
+}
+
 /// `SHA256:<hex>` of a DER certificate, as maintenance mode shows it.
 pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
     format!("SHA256:{}", hex::encode(Sha256::digest(cert_der)))

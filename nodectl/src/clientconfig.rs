@@ -54,7 +54,8 @@ pub fn default_path(flag: Option<&Path>) -> PathBuf {
 
 impl ClientConfig {
     pub fn load(path: &Path) -> Result<ClientConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read client config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read client config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("client config {}", path.display()))
     }
 
@@ -76,10 +77,19 @@ mod tests {
 
     #[test]
     fn round_trips_and_merges() {
-        let mut c = ClientConfig { context: "a".into(), contexts: BTreeMap::new() };
+        let mut c = ClientConfig {
+            context: "a".into(),
+            contexts: BTreeMap::new(),
+        };
         c.merge(
             "prod",
-            Context { endpoints: vec!["10.0.0.1".into()], nodes: vec![], ca: "C".into(), cert: "X".into(), key: "K".into() },
+            Context {
+                endpoints: vec!["10.0.0.1".into()],
+                nodes: vec![],
+                ca: "C".into(),
+                cert: "X".into(),
+                key: "K".into(),
+            },
         );
         assert_eq!(c.context, "prod");
         let again: ClientConfig = toml::from_str(&c.render()).unwrap();
@@ -88,6 +98,9 @@ mod tests {
 
     #[test]
     fn flag_wins_over_environment() {
-        assert_eq!(default_path(Some(Path::new("/x/y.toml"))), PathBuf::from("/x/y.toml"));
+        assert_eq!(
+            default_path(Some(Path::new("/x/y.toml"))),
+            PathBuf::from("/x/y.toml")
+        );
     }
 }

@@ -12,9 +12,15 @@ use anyhow::{bail, Context, Result};
 /// `mode`. Refuses to replace an existing file unless `force`.
 pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<()> {
     if path.exists() && !force {
-        bail!("{} already exists; pass --force to replace it", path.display());
+        bail!(
+            "{} already exists; pass --force to replace it",
+            path.display()
+        );
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -25,10 +31,15 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result
             .mode(mode)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot fsync {}", dir.display()))?;
+        f.write_all(contents)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot fsync {}", dir.display()))?;
         Ok(())
     })();
     if result.is_err() {
@@ -48,7 +59,10 @@ mod tests {
         let p = dir.path().join("sub/ca.key");
         write_new(&p, b"secret", 0o600, false).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"secret");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let e = write_new(&p, b"other", 0o600, false).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
         assert_eq!(fs::read(&p).unwrap(), b"secret");

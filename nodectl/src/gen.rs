@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 use crate::clientconfig::{self, ClientConfig, Context};
 use crate::files::write_new;
+use crate::remote::Connection;
 
 #[derive(Subcommand)]
 pub enum GenCommand {
@@ -40,23 +41,18 @@ pub enum GenCommand {
         force: bool,
     },
     /// Write a machine config and the client config for a set of nodes.
+    ///
+    /// The nodes' addresses come from -e/--endpoints (host or host:port,
+    /// comma-separated); the context is named by --context (default
+    /// "caisson") and merged into the client config (--nodectlconfig,
+    /// $NODECTLCONFIG or $XDG_CONFIG_HOME/nodectl/config.toml).
     Config {
         /// Directory holding ca.crt, ca.key, admin.crt, admin.key.
         #[arg(long, default_value = "secrets")]
         secrets: PathBuf,
-        /// Node API endpoints (host or host:port), comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        endpoints: Vec<String>,
-        /// Name of the context in the client config.
-        #[arg(long, default_value = "caisson")]
-        context: String,
         /// Directory for node.toml.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// Client config to merge the context into (default: $NODECTLCONFIG or
-        /// $XDG_CONFIG_HOME/nodectl/config.toml).
-        #[arg(long)]
-        nodectlconfig: Option<PathBuf>,
         #[arg(long)]
         force: bool,
     },
@@ -66,19 +62,54 @@ fn parse_role(s: &str) -> Result<Role, String> {
     s.parse::<Role>().map_err(|e| e.to_string())
 }
 
-pub fn run(cmd: GenCommand) -> Result<()> {
+/// The context `gen config` writes when --context is not given.
+const DEFAULT_CONTEXT: &str = "caisson";
+
+pub fn run(cmd: GenCommand, conn: &Connection) -> Result<()> {
     match cmd {
-        GenCommand::Secrets { out, cluster, force } => secrets(&out, &cluster, force),
-        GenCommand::Client { role, cn, secrets, out, force } => client(&secrets, &out, &cn, role, force),
-        GenCommand::Config { secrets, endpoints, context, out, nodectlconfig, force } => {
-            config(&secrets, &endpoints, &context, &out, nodectlconfig.as_deref(), force)
+        GenCommand::Secrets {
+            out,
+            cluster,
+            force,
+        } => secrets(&out, &cluster, force),
+        GenCommand::Client {
+            role,
+            cn,
+            secrets,
+            out,
+            force,
+        } => client(&secrets, &out, &cn, role, force),
+        GenCommand::Config {
+            secrets,
+            out,
+            force,
+        } => {
+            if conn.endpoints.is_empty() {
+                anyhow::bail!(
+                    "gen config needs the nodes' addresses: -e/--endpoints host[:port],…"
+                );
+            }
+            let context = conn.context.as_deref().unwrap_or(DEFAULT_CONTEXT);
+            config(
+                &secrets,
+                &conn.endpoints,
+                context,
+                &out,
+                conn.nodectlconfig.as_deref(),
+                force,
+            )
         }
     }
 }
 
 fn read(dir: &Path, name: &str) -> Result<String> {
     let p = dir.join(name);
-    std::fs::read_to_string(&p).with_context(|| format!("cannot read {} (run `nodectl gen secrets` first)", p.display()))
+    std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "cannot read {} (run `nodectl gen secrets` first)",
+            p.display()
+        )
+    })
 }
 
 fn load_ca(dir: &Path) -> Result<Ca> {
@@ -91,11 +122,34 @@ fn secrets(out: &Path, cluster: &str, force: bool) -> Result<()> {
     let ca_pair = caisson_pki::generate_ca(cluster)?;
     let ca = Ca::from_pem(&ca_pair.cert_pem, &ca_pair.key_pem)?;
     let admin = ca.issue_client("admin", Role::Admin, CLIENT_DAYS)?;
-    write_new(&out.join("ca.crt"), ca_pair.cert_pem.as_bytes(), 0o644, force)?;
-    write_new(&out.join("ca.key"), ca_pair.key_pem.as_bytes(), 0o600, force)?;
-    write_new(&out.join("admin.crt"), admin.cert_pem.as_bytes(), 0o644, force)?;
-    write_new(&out.join("admin.key"), admin.key_pem.as_bytes(), 0o600, force)?;
-    println!("wrote the cluster CA and an admin certificate to {}", out.display());
+    write_new(
+        &out.join("ca.crt"),
+        ca_pair.cert_pem.as_bytes(),
+        0o644,
+        force,
+    )?;
+    write_new(
+        &out.join("ca.key"),
+        ca_pair.key_pem.as_bytes(),
+        0o600,
+        force,
+    )?;
+    write_new(
+        &out.join("admin.crt"),
+        admin.cert_pem.as_bytes(),
+        0o644,
+        force,
+    )?;
+    write_new(
+        &out.join("admin.key"),
+        admin.key_pem.as_bytes(),
+        0o600,
+        force,
+    )?;
+    println!(
+        "wrote the cluster CA and an admin certificate to {}",
+        out.display()
+    );
     println!("keep ca.key offline: whoever holds it can issue admin certificates");
     Ok(())
 }
@@ -106,9 +160,22 @@ fn client(secrets: &Path, out: &Path, cn: &str, role: Role, force: bool) -> Resu
     }
     let ca = load_ca(secrets)?;
     let c = ca.issue_client(cn, role, CLIENT_DAYS)?;
-    write_new(&out.join(format!("{cn}.crt")), c.cert_pem.as_bytes(), 0o644, force)?;
-    write_new(&out.join(format!("{cn}.key")), c.key_pem.as_bytes(), 0o600, force)?;
-    println!("issued a {role} certificate for {cn:?} in {}", out.display());
+    write_new(
+        &out.join(format!("{cn}.crt")),
+        c.cert_pem.as_bytes(),
+        0o644,
+        force,
+    )?;
+    write_new(
+        &out.join(format!("{cn}.key")),
+        c.key_pem.as_bytes(),
+        0o600,
+        force,
+    )?;
+    println!(
+        "issued a {role} certificate for {cn:?} in {}",
+        out.display()
+    );
     Ok(())
 }
 
@@ -148,7 +215,10 @@ fn config(
     let mut cc = if path.exists() {
         ClientConfig::load(&path)?
     } else {
-        ClientConfig { context: context.to_string(), contexts: Default::default() }
+        ClientConfig {
+            context: context.to_string(),
+            contexts: Default::default(),
+        }
     };
     cc.merge(
         context,
@@ -161,6 +231,10 @@ fn config(
         },
     );
     write_new(&path, cc.render().as_bytes(), 0o600, true)?;
-    println!("wrote {} and context {context:?} in {}", out.join("node.toml").display(), path.display());
+    println!(
+        "wrote {} and context {context:?} in {}",
+        out.join("node.toml").display(),
+        path.display()
+    );
     Ok(())
 }

@@ -2,8 +2,15 @@
 //! through it (or through any HTTPS client holding a certificate).
 
 mod clientconfig;
+mod failure;
 mod files;
 mod gen;
+mod http;
+mod remote;
+mod render;
+mod target;
+mod tls;
+mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,8 +19,15 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nodectl", version, about = "Operate Caisson nodes", propagate_version = true)]
+#[command(
+    name = "nodectl",
+    version,
+    about = "Operate Caisson nodes",
+    propagate_version = true
+)]
 struct Cli {
+    #[command(flatten)]
+    connection: remote::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,11 +53,15 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // Every failing node has already been reported.
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -51,20 +69,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Ok(false): the command ran but some node failed.
+fn run(cli: Cli) -> Result<bool> {
     match cli.command {
-        Command::Gen(g) => gen::run(g),
-        Command::Validate { file } => validate(&file),
+        Command::Gen(g) => gen::run(g, &cli.connection).map(|()| true),
+        Command::Validate { file } => validate(&file).map(|()| true),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "nodectl", &mut std::io::stdout());
-            Ok(())
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "nodectl",
+                &mut std::io::stdout(),
+            );
+            Ok(true)
         }
-        Command::Manpages { out } => manpages(&out),
+        Command::Manpages { out } => manpages(&out).map(|()| true),
+        Command::Remote(r) => remote::run(r, &cli.connection),
     }
 }
 
 fn validate(file: &std::path::Path) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     match caisson_config::parse(&file.display().to_string(), &text) {
         Ok(_) => {
             println!("{}: valid", file.display());
@@ -72,7 +98,10 @@ fn validate(file: &std::path::Path) -> Result<()> {
         }
         Err(errors) => {
             let n = errors.0.len();
-            Err(anyhow::anyhow!("{errors}\n{n} problem{} found", if n == 1 { "" } else { "s" }))
+            Err(anyhow::anyhow!(
+                "{errors}\n{n} problem{} found",
+                if n == 1 { "" } else { "s" }
+            ))
         }
     }
 }
@@ -91,4 +120,13 @@ fn manpages(out: &std::path::Path) -> Result<()> {
         std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

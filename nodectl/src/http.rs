@@ -1,0 +1,250 @@
+//! HTTPS to one node: a fresh connection per call (nodectl makes one or two
+//! calls per run), HTTP/1.1 over rustls, bodies read whole or line by line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use caisson_api::Endpoint;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::failure::{self, explain, Dial, Failure, Stage};
+use crate::target::Target;
+use crate::tls::{client_config, Seen, Trust};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whole calls, except the body of a stream. Generous: an apply waits for the
+/// node to finish applying.
+const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One request, built from the endpoint table so client and server agree on
+/// methods and paths.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub endpoint: Endpoint,
+    pub path: String,
+    pub body: Option<Vec<u8>>,
+}
+
+impl Call {
+    pub fn new(endpoint: Endpoint) -> Call {
+        Call {
+            endpoint,
+            path: endpoint.route().1.to_string(),
+            body: None,
+        }
+    }
+
+    /// Fill the `{name}` segment of the route.
+    pub fn arg(mut self, name: &str, value: &str) -> Call {
+        self.path = self
+            .path
+            .replace(&format!("{{{name}}}"), &encode_segment(value));
+        self
+    }
+
+    pub fn query(mut self, pairs: &[(&str, String)]) -> Call {
+        let q: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode_segment(v)))
+            .collect();
+        if !q.is_empty() {
+            self.path = format!("{}?{}", self.path, q.join("&"));
+        }
+        self
+    }
+
+    pub fn json(mut self, body: &impl Serialize) -> Call {
+        self.body = Some(serde_json::to_vec(body).unwrap_or_default());
+        self
+    }
+}
+
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A node and how we trust it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub target: Target,
+    pub trust: Arc<Trust>,
+}
+
+impl Node {
+    /// Make the call and return the body of a 2xx answer.
+    pub async fn call(&self, call: &Call) -> Result<Bytes, Failure> {
+        let work = async {
+            let (resp, seen) = self.send(call).await?;
+            let status = resp.status();
+            let body = match resp.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Err(self.explain(&e, Stage::Exchange, &seen)),
+            };
+            if !status.is_success() {
+                return Err(Failure::from_status(status.as_u16(), &body));
+            }
+            Ok(body)
+        };
+        timeout(CALL_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| Err(failure::timeout(&self.target)))
+    }
+
+    /// Make the call and hand each line of the answer to `on_line` as it
+    /// arrives, until the node ends the stream or `on_line` returns false.
+    pub async fn stream(
+        &self,
+        call: &Call,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<(), Failure> {
+        let (resp, seen) = timeout(CALL_TIMEOUT, self.send(call))
+            .await
+            .unwrap_or_else(|_| Err(failure::timeout(&self.target)))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(Failure::from_status(status.as_u16(), &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.explain(&e, Stage::Exchange, &seen))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if !on_line(String::from_utf8_lossy(&line[..end]).trim_end_matches('\r')) {
+                    return Ok(());
+                }
+            }
+        }
+        if !pending.is_empty() {
+            on_line(&String::from_utf8_lossy(&pending));
+        }
+        Ok(())
+    }
+
+    fn explain(
+        &self,
+        err: &(dyn std::error::Error + 'static),
+        stage: Stage,
+        seen: &Seen,
+    ) -> Failure {
+        let seen = seen.lock().ok().and_then(|s| s.clone());
+        explain(
+            err,
+            stage,
+            &Dial {
+                target: &self.target,
+                trust: &self.trust,
+                seen,
+            },
+        )
+    }
+
+    async fn send(&self, call: &Call) -> Result<(Response<Incoming>, Seen), Failure> {
+        let (config, seen) =
+            client_config(&self.trust).map_err(|e| Failure::new("client-config", e))?;
+        let authority = self.target.authority();
+        let name = self
+            .target
+            .server_name()
+            .map_err(|e| Failure::new("bad-endpoint", e))?;
+
+        let mut addrs = timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&authority))
+            .await
+            .map_err(|_| failure::timeout(&self.target))?
+            .map_err(|e| {
+                Failure::new(
+                    "resolve",
+                    format!("cannot resolve {}: {e}", self.target.host),
+                )
+            })?;
+        let addr = addrs.next().ok_or_else(|| {
+            Failure::new("resolve", format!("{} has no address", self.target.host))
+        })?;
+        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| failure::timeout(&self.target))?
+            .map_err(|e| self.explain(&e, Stage::Connect, &seen))?;
+        let _ = tcp.set_nodelay(true);
+
+        let tls = timeout(
+            CONNECT_TIMEOUT,
+            TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| failure::timeout(&self.target))?
+        .map_err(|e| self.explain(&e, Stage::Handshake, &seen))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.explain(&e, Stage::Exchange, &seen))?;
+        let driver = tokio::spawn(conn);
+
+        let (method, _) = call.endpoint.route();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&call.path)
+            .header(hyper::header::HOST, &authority)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("nodectl/", env!("CARGO_PKG_VERSION")),
+            );
+        if call.body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(
+                call.body.clone().unwrap_or_default(),
+            )))
+            .map_err(|e| Failure::new("bad-request", format!("cannot build the request: {e}")))?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, seen)),
+            Err(e) => {
+                // The connection task holds the precise cause (a TLS alert,
+                // a reset); the request only learns that it was cancelled.
+                if let Ok(Err(conn_err)) = driver.await {
+                    return Err(self.explain(&conn_err, Stage::Exchange, &seen));
+                }
+                Err(self.explain(&e, Stage::Exchange, &seen))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_come_from_the_endpoint_table_and_are_encoded() {
+        let c = Call::new(Endpoint::ServiceRestart).arg("name", "kube let/x");
+        assert_eq!(c.path, "/v1/services/kube%20let%2Fx/restart");
+        let c = Call::new(Endpoint::Logs)
+            .arg("source", "agent")
+            .query(&[("follow", "true".into()), ("tail", "5".into())]);
+        assert_eq!(c.path, "/v1/logs/agent?follow=true&tail=5");
+        assert_eq!(Call::new(Endpoint::Audit).query(&[]).path, "/v1/audit");
+    }
+}

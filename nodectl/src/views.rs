@@ -1,0 +1,253 @@
+//! How each answer of the node API reads in `-o table`, and what `-o json`
+//! carries. Pure: bytes in, [`Outcome`] out.
+
+use caisson_api::audit::AuditRecord;
+use caisson_api::types::{ApplyResponse, ConfigChange, Health, ServiceStatus, VersionInfo};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::failure::Failure;
+use crate::render::{Outcome, Table, View};
+
+fn decode<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<(T, Value), Failure> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        Failure::new(
+            "bad-response",
+            format!("the node's {what} answer is not JSON: {e}"),
+        )
+    })?;
+    let typed = serde_json::from_value(value.clone()).map_err(|e| {
+        Failure::new(
+            "bad-response",
+            format!("the node's {what} answer is not understood: {e}"),
+        )
+    })?;
+    Ok((typed, value))
+}
+
+pub fn version(body: &[u8]) -> Result<Outcome, Failure> {
+    let (v, json): (VersionInfo, _) = decode("version", body)?;
+    let mut t = Table::new(&["HOSTNAME", "IMAGE", "AGENT", "SLOT", "KERNEL", "MODE"]);
+    let mode = if v.maintenance {
+        "maintenance"
+    } else {
+        "normal"
+    };
+    t.row(vec![
+        v.hostname,
+        v.image_version,
+        v.agent_version,
+        v.slot,
+        v.kernel,
+        mode.into(),
+    ]);
+    Ok(Outcome::new(json, View::Table(t)))
+}
+
+pub fn health(body: &[u8]) -> Result<Outcome, Failure> {
+    let (h, json): (Health, _) = decode("health", body)?;
+    let verdict = |ok: bool| if ok { "ok" } else { "FAIL" }.to_string();
+    let mut t = Table::new(&["CHECK", "STATUS", "DETAIL"]);
+    t.row(vec!["ready".into(), verdict(h.ready), String::new()]);
+    for c in h.checks {
+        t.row(vec![c.name, verdict(c.ok), c.detail]);
+    }
+    Ok(Outcome {
+        json,
+        view: View::Table(t),
+        ok: h.ready,
+    })
+}
+
+pub fn config(body: &[u8]) -> Result<Outcome, Failure> {
+    let text = String::from_utf8_lossy(body).into_owned();
+    Ok(Outcome::new(
+        Value::String(text.clone()),
+        View::Text(text.trim_end().to_string()),
+    ))
+}
+
+pub fn services(body: &[u8]) -> Result<Outcome, Failure> {
+    let (list, json): (Vec<ServiceStatus>, _) = decode("services", body)?;
+    let mut t = Table::new(&["SERVICE", "STATE", "HEALTHY", "RESTARTS", "PID"]);
+    for s in list {
+        let healthy = if s.healthy { "yes" } else { "no" };
+        let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        t.row(vec![
+            s.name,
+            s.state,
+            healthy.into(),
+            s.restarts.to_string(),
+            pid,
+        ]);
+    }
+    Ok(Outcome::new(json, View::Table(t)))
+}
+
+pub fn audit(body: &[u8]) -> Result<Outcome, Failure> {
+    let (records, json): (Vec<AuditRecord>, _) = decode("audit", body)?;
+    let mut t = Table::new(&["TIME", "CN", "ROLE", "ENDPOINT", "ARGS", "RESULT"]);
+    for r in records {
+        let args = if r.args.is_null() {
+            String::new()
+        } else {
+            r.args.to_string()
+        };
+        t.row(vec![
+            utc(r.time_ms),
+            r.cn,
+            r.role,
+            r.endpoint,
+            args,
+            r.result,
+        ]);
+    }
+    Ok(Outcome::new(json, View::Table(t)))
+}
+
+/// A one-line acknowledgement (reboot, restart, …) with the node's JSON.
+pub fn ack(sentence: &str, body: &[u8]) -> Result<Outcome, Failure> {
+    let json = serde_json::from_slice(body).unwrap_or(Value::Null);
+    Ok(Outcome::new(json, View::Text(sentence.to_string())))
+}
+
+pub fn applied(body: &[u8]) -> Result<Outcome, Failure> {
+    let (r, json): (ApplyResponse, _) = decode("apply-config", body)?;
+    Ok(Outcome::new(json, View::Text(apply_report(&r))))
+}
+
+/// The diff (secrets already masked by the node), what was applied and what
+/// waits for a reboot.
+pub fn apply_report(r: &ApplyResponse) -> String {
+    let mut out = Vec::new();
+    if r.changes.is_empty() {
+        out.push("no changes".to_string());
+    } else {
+        out.push(format!(
+            "{} change{}:",
+            r.changes.len(),
+            if r.changes.len() == 1 { "" } else { "s" }
+        ));
+        out.extend(r.changes.iter().map(change_line));
+    }
+    if r.dry_run {
+        out.push("dry run: nothing was changed on the node".into());
+        return out.join("\n");
+    }
+    if !r.applied.is_empty() {
+        out.push(format!("applied live: {}", r.applied.join(", ")));
+    }
+    if r.needs_reboot.is_empty() {
+        out.push("nothing needs a reboot".into());
+    } else {
+        out.push(format!("needs a reboot: {}", r.needs_reboot.join(", ")));
+    }
+    if let Some(secs) = r.confirm_within_secs {
+        out.push(format!(
+            "confirm within {secs}s with `nodectl apply-config --confirm`, or the node restores the previous config"
+        ));
+    }
+    out.join("\n")
+}
+
+fn change_line(c: &ConfigChange) -> String {
+    match (&c.old, &c.new) {
+        (None, Some(new)) => format!("  + {} = {new}", c.path),
+        (Some(old), None) => format!("  - {} = {old}", c.path),
+        (Some(old), Some(new)) => format!("  ~ {}: {old} -> {new}", c.path),
+        (None, None) => format!("  ~ {}", c.path),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the epoch.
+pub fn utc(time_ms: u64) -> String {
+    let secs = time_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+
+    fn change(path: &str, old: Option<&str>, new: Option<&str>) -> ConfigChange {
+        ConfigChange {
+            path: path.into(),
+            old: old.map(Into::into),
+            new: new.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn the_apply_report_shows_the_diff_and_what_needs_a_reboot() {
+        let r = ApplyResponse {
+            changes: vec![
+                change("machine.hostname", Some("\"a\""), Some("\"b\"")),
+                change("kernel.args", None, Some("[\"quiet\"]")),
+                change("api.ca_key", Some("***"), None),
+            ],
+            applied: vec!["hostname".into()],
+            needs_reboot: vec!["kernel.args".into()],
+            dry_run: false,
+            confirm_within_secs: Some(60),
+        };
+        let text = apply_report(&r);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "3 changes:",
+                "  ~ machine.hostname: \"a\" -> \"b\"",
+                "  + kernel.args = [\"quiet\"]",
+                "  - api.ca_key = ***",
+                "applied live: hostname",
+                "needs a reboot: kernel.args",
+                "confirm within 60s with `nodectl apply-config --confirm`, or the node restores the previous config",
+            ]
+        );
+        let dry = ApplyResponse {
+            dry_run: true,
+            confirm_within_secs: None,
+            ..r
+        };
+        assert!(apply_report(&dry).ends_with("dry run: nothing was changed on the node"));
+    }
+
+    #[test]
+    fn an_unready_node_is_shown_and_counts_as_a_failure() {
+        let body = br#"{"ready":false,"checks":[{"name":"dhcp","ok":false,"detail":"no lease"}]}"#;
+        let o = health(body).unwrap();
+        assert!(!o.ok);
+        let View::Table(t) = o.view else {
+            panic!("a table")
+        };
+        assert_eq!(t.rows[1], ["dhcp", "FAIL", "no lease"]);
+        assert_eq!(version(b"{}").unwrap_err().code, "bad-response");
+    }
+}

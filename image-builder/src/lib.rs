@@ -1,5 +1,23 @@
 //! image-builder: pinned artifacts + an image spec → bootable disk images.
 //! The builder never touches the network.
+//!
+//! [`build::build`] is the whole pipeline; the other modules each own one
+//! concept: the spec, the lock, `.deb` reading, the planned file tree, the
+//! ELF closure, the squashfs root, the initramfs, the ESP, ext4 via mke2fs
+//! and the raw GPT disk.
 
+// Build errors are rare and carry paths for the user; their size does not matter.
+#![allow(clippy::result_large_err)]
+
+pub mod build;
+pub mod deb;
+pub mod disk;
+pub mod elf;
+pub mod esp;
+pub mod ext4;
 pub mod initrd;
 pub mod lock;
+mod rootfs;
+pub mod spec;
+pub mod squashfs;
+pub mod tree;

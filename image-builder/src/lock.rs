@@ -22,15 +22,29 @@ pub enum LockError {
     #[error("lock file {path}: artifact {name:?} appears twice")]
     Duplicate { path: PathBuf, name: String },
     #[error("lock file {path}: artifact {name:?}: sha256 {sha256:?} is not 64 hex digits")]
-    BadDigest { path: PathBuf, name: String, sha256: String },
+    BadDigest {
+        path: PathBuf,
+        name: String,
+        sha256: String,
+    },
     #[error("artifact {name:?} is not pinned in {path}")]
     NotPinned { path: PathBuf, name: String },
     #[error("artifact {name:?} ({package} {version}) is missing: expected {file}; run `cargo xtask fetch`")]
-    Missing { name: String, package: String, version: String, file: PathBuf },
+    Missing {
+        name: String,
+        package: String,
+        version: String,
+        file: PathBuf,
+    },
     #[error("cannot read artifact {file}: {source}")]
     ReadArtifact { file: PathBuf, source: io::Error },
     #[error("artifact {name:?} ({file}) has sha256 {actual}, but artifacts.lock pins {expected}")]
-    Mismatch { name: String, file: PathBuf, expected: String, actual: String },
+    Mismatch {
+        name: String,
+        file: PathBuf,
+        expected: String,
+        actual: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +66,12 @@ impl Artifact {
     /// The file name `apt-get download` gives this package.
     pub fn file_name(&self) -> String {
         // apt escapes the epoch colon in file names.
-        format!("{}_{}_{}.deb", self.package, self.version.replace(':', "%3a"), self.arch)
+        format!(
+            "{}_{}_{}.deb",
+            self.package,
+            self.version.replace(':', "%3a"),
+            self.arch
+        )
     }
 }
 
@@ -67,21 +86,31 @@ pub struct Lock {
 
 impl Lock {
     pub fn load(path: &Path) -> Result<Lock, LockError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LockError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LockError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Lock::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Lock, LockError> {
-        let lock: Lock = toml::from_str(text)
-            .map_err(|e| LockError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let lock: Lock = toml::from_str(text).map_err(|e| LockError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if lock.version != LOCK_VERSION {
-            return Err(LockError::Version { path: path.to_path_buf(), found: lock.version });
+            return Err(LockError::Version {
+                path: path.to_path_buf(),
+                found: lock.version,
+            });
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &lock.artifacts {
             if !seen.insert(a.name.as_str()) {
-                return Err(LockError::Duplicate { path: path.to_path_buf(), name: a.name.clone() });
+                return Err(LockError::Duplicate {
+                    path: path.to_path_buf(),
+                    name: a.name.clone(),
+                });
             }
             if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(LockError::BadDigest {
@@ -98,7 +127,10 @@ impl Lock {
         self.artifacts
             .iter()
             .find(|a| a.name == name)
-            .ok_or_else(|| LockError::NotPinned { path: lock_path.to_path_buf(), name: name.to_string() })
+            .ok_or_else(|| LockError::NotPinned {
+                path: lock_path.to_path_buf(),
+                name: name.to_string(),
+            })
     }
 
     /// Render with a header comment; used by `xtask fetch --update`.
@@ -134,7 +166,10 @@ pub fn verify(dir: &Path, artifact: &Artifact) -> Result<PathBuf, LockError> {
             file,
         });
     }
-    let actual = sha256_file(&file).map_err(|source| LockError::ReadArtifact { file: file.clone(), source })?;
+    let actual = sha256_file(&file).map_err(|source| LockError::ReadArtifact {
+        file: file.clone(),
+        source,
+    })?;
     if !actual.eq_ignore_ascii_case(&artifact.sha256) {
         return Err(LockError::Mismatch {
             name: artifact.name.clone(),
@@ -172,7 +207,11 @@ sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
     #[test]
     fn rejects_unknown_keys_and_bad_digests() {
-        let e = Lock::parse(Path::new("a.lock"), &LOCK.replace("arch =", "colour = \"x\"\narch =")).unwrap_err();
+        let e = Lock::parse(
+            Path::new("a.lock"),
+            &LOCK.replace("arch =", "colour = \"x\"\narch ="),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
         let e = Lock::parse(Path::new("a.lock"), &LOCK.replace("2cf24dba", "zz")).unwrap_err();
         assert!(matches!(e, LockError::BadDigest { .. }), "{e}");
@@ -183,13 +222,22 @@ sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         let dir = tempfile::tempdir().unwrap();
         let lock = Lock::parse(Path::new("a.lock"), LOCK).unwrap();
         let a = &lock.artifacts[0];
-        assert!(matches!(verify(dir.path(), a), Err(LockError::Missing { .. })));
+        assert!(matches!(
+            verify(dir.path(), a),
+            Err(LockError::Missing { .. })
+        ));
         std::fs::write(dir.path().join(a.file_name()), b"hello").unwrap();
         // sha256("hello") is the pinned digest.
-        assert_eq!(verify(dir.path(), a).unwrap(), dir.path().join(a.file_name()));
+        assert_eq!(
+            verify(dir.path(), a).unwrap(),
+            dir.path().join(a.file_name())
+        );
         std::fs::write(dir.path().join(a.file_name()), b"hellO").unwrap();
         let e = verify(dir.path(), a).unwrap_err();
-        assert!(e.to_string().contains("artifacts.lock pins 2cf24dba"), "{e}");
+        assert!(
+            e.to_string().contains("artifacts.lock pins 2cf24dba"),
+            "{e}"
+        );
     }
 
     #[test]

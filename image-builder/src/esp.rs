@@ -1,0 +1,530 @@
+//! The EFI system partition: planned as a sorted list of files in memory,
+//! then written as FAT32 by `fatfs` straight into the partition's byte range,
+//! with a volume id derived from the image identity and every timestamp set
+//! to the build's epoch.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use caisson_layout::{BootEntry, CaissonParams, RootSpec, Slot};
+use fatfs::{
+    Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
+};
+use thiserror::Error;
+use uuid::Uuid;
+
+pub const BOOTLOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+pub const LOADER_CONF_PATH: &str = "loader/loader.conf";
+pub const VOLUME_LABEL: [u8; 11] = *b"ESP        ";
+/// Title on systemd-boot's menu; the entry adds version and slot.
+pub const ENTRY_TITLE: &str = "Caisson";
+
+/// No `default` line: systemd-boot picks the highest version, which is what
+/// makes an upgrade's new entry boot first (see DESIGN.md, boot counting).
+pub const LOADER_CONF: &str =
+    "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nrandom-seed-mode off\n";
+
+#[derive(Debug, Error)]
+pub enum EspError {
+    #[error("ESP: cannot read {file}: {source}")]
+    Read { file: PathBuf, source: io::Error },
+    #[error("ESP: {need} bytes of files do not fit in the {have}-byte partition (with FAT overhead); raise disk.esp_mib")]
+    TooBig { need: u64, have: u64 },
+    #[error("ESP: cannot format the FAT32 volume ({size} bytes): {source}")]
+    Format { size: u64, source: io::Error },
+    #[error("ESP: cannot write {path}: {source}")]
+    Write { path: String, source: io::Error },
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Bytes(Vec<u8>),
+    HostFile { path: PathBuf, size: u64 },
+}
+
+impl Content {
+    pub fn host_file(path: &Path) -> Result<Content, EspError> {
+        let size = std::fs::metadata(path)
+            .map_err(|source| EspError::Read {
+                file: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        Ok(Content::HostFile {
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::HostFile { size, .. } => *size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the ESP of a fresh image holds: slot A, blessed.
+#[derive(Debug, Clone)]
+pub struct EspInputs<'a> {
+    pub version: &'a str,
+    pub root_a_partuuid: Uuid,
+    pub cmdline: &'a [String],
+    pub bootloader: Content,
+    pub kernel: Content,
+    pub initrd: Content,
+}
+
+/// The ESP's files by path, sorted; nothing written yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EspPlan {
+    pub files: BTreeMap<String, Content>,
+}
+
+impl EspPlan {
+    pub fn new(inputs: EspInputs<'_>) -> EspPlan {
+        let slot = Slot::A;
+        let entry = BootEntry {
+            version: inputs.version.to_string(),
+            slot,
+            counter: None,
+        };
+        let params = CaissonParams {
+            slot,
+            root: RootSpec::PartUuid(inputs.root_a_partuuid),
+            rootwait: caisson_layout::cmdline::DEFAULT_ROOTWAIT,
+            verity_root_hash: None,
+        };
+        let mut options = params.render();
+        options.extend(inputs.cmdline.iter().cloned());
+        let dir = slot.esp_dir();
+        let files = BTreeMap::from([
+            (BOOTLOADER_PATH.to_string(), inputs.bootloader),
+            (
+                LOADER_CONF_PATH.to_string(),
+                Content::Bytes(LOADER_CONF.as_bytes().to_vec()),
+            ),
+            (
+                format!(
+                    "{}/{}",
+                    caisson_layout::boot_entry::ENTRIES_DIR,
+                    entry.file_name()
+                ),
+                Content::Bytes(entry.render(ENTRY_TITLE, &options).into_bytes()),
+            ),
+            (format!("{dir}/vmlinuz"), inputs.kernel),
+            (format!("{dir}/initrd"), inputs.initrd),
+        ]);
+        EspPlan { files }
+    }
+
+    pub fn payload_bytes(&self) -> u64 {
+        self.files.values().map(Content::len).sum()
+    }
+
+    /// Directories to create, parents first.
+    fn dirs(&self) -> Vec<String> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for path in self.files.keys() {
+            let mut p = path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                dirs.insert(parent.to_string());
+                p = parent;
+            }
+        }
+        dirs.into_iter().collect()
+    }
+
+    /// Format `volume` (exactly the partition's bytes) as FAT32 and write
+    /// the files.
+    pub fn write<V: Read + Write + Seek>(
+        &self,
+        mut volume: V,
+        volume_id: u32,
+        epoch: u64,
+    ) -> Result<(), EspError> {
+        let size = volume
+            .seek(SeekFrom::End(0))
+            .map_err(|source| EspError::Format { size: 0, source })?;
+        // FAT tables and directories take ~1% at 4 KiB clusters; keep 4 MiB spare.
+        if self.payload_bytes() + size / 64 + (4 << 20) > size {
+            return Err(EspError::TooBig {
+                need: self.payload_bytes(),
+                have: size,
+            });
+        }
+        volume
+            .seek(SeekFrom::Start(0))
+            .map_err(|source| EspError::Format { size, source })?;
+        let options = FormatVolumeOptions::new()
+            .fat_type(FatType::Fat32)
+            .volume_id(volume_id)
+            .volume_label(VOLUME_LABEL)
+            .bytes_per_cluster(cluster_size(size));
+        fatfs::format_volume(&mut volume, options)
+            .map_err(|source| EspError::Format { size, source })?;
+        volume
+            .seek(SeekFrom::Start(0))
+            .map_err(|source| EspError::Format { size, source })?;
+        // fatfs wants a &'static provider; one tiny allocation per build.
+        let clock: &'static FixedClock = Box::leak(Box::new(FixedClock(dos_datetime(epoch))));
+        let fs = FileSystem::new(&mut volume, FsOptions::new().time_provider(clock))
+            .map_err(|source| EspError::Format { size, source })?;
+        let root = fs.root_dir();
+        for dir in self.dirs() {
+            root.create_dir(&dir).map_err(|source| EspError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        for (path, content) in &self.files {
+            let err = |source| EspError::Write {
+                path: path.clone(),
+                source,
+            };
+            let mut file = root.create_file(path).map_err(err)?;
+            match content {
+                Content::Bytes(bytes) => file.write_all(bytes).map_err(err)?,
+                Content::HostFile { path: host, .. } => {
+                    let mut src = std::fs::File::open(host).map_err(|source| EspError::Read {
+                        file: host.clone(),
+                        source,
+                    })?;
+                    io::copy(&mut src, &mut file).map_err(err)?;
+                }
+            }
+            file.flush().map_err(err)?;
+        }
+        drop(root);
+        let finish = |source| EspError::Write {
+            path: "(FAT metadata)".into(),
+            source,
+        };
+        // Counting free clusters makes fatfs record them in FSInfo.
+        fs.stats().map_err(finish)?;
+        fs.unmount().map_err(finish)?;
+        fix_dot_entries(&mut volume).map_err(finish)
+    }
+}
+
+/// fatfs 0.3.6 writes long-name entries for "." and "..", and points ".."
+/// of a top-level directory at the root's cluster. FAT wants "." and ".." as
+/// the first two (short) entries and 0 for the root; fsck.fat and some
+/// firmware insist. Repair both in place once fatfs is done.
+fn fix_dot_entries<V: Read + Write + Seek>(v: &mut V) -> io::Result<()> {
+    let mut bs = [0u8; 512];
+    v.seek(SeekFrom::Start(0))?;
+    v.read_exact(&mut bs)?;
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([bs[o], bs[o + 1]]));
+    let u32_at = |o: usize| u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]);
+    let sector = u16_at(11);
+    let geometry = Fat32Geometry {
+        cluster_size: sector * u64::from(bs[13]),
+        fat_start: u16_at(14) * sector,
+        data_start: (u16_at(14) + u64::from(bs[16]) * u64::from(u32_at(36))) * sector,
+        root: u32_at(44),
+    };
+    geometry.fix_dir(v, geometry.root, true)
+}
+
+struct Fat32Geometry {
+    cluster_size: u64,
+    fat_start: u64,
+    data_start: u64,
+    root: u32,
+}
+
+const DOT: &[u8; 11] = b".          ";
+const DOTDOT: &[u8; 11] = b"..         ";
+const ATTR_LFN: u8 = 0x0F;
+const ATTR_DIR: u8 = 0x10;
+
+fn entry_cluster(e: &[u8]) -> u32 {
+    u32::from(u16::from_le_bytes([e[20], e[21]])) << 16
+        | u32::from(u16::from_le_bytes([e[26], e[27]]))
+}
+
+impl Fat32Geometry {
+    fn chain<V: Read + Seek>(&self, v: &mut V, first: u32) -> io::Result<Vec<u32>> {
+        let mut chain = vec![first];
+        let mut next = [0u8; 4];
+        loop {
+            let last = *chain.last().unwrap_or(&first);
+            v.seek(SeekFrom::Start(self.fat_start + u64::from(last) * 4))?;
+            v.read_exact(&mut next)?;
+            let n = u32::from_le_bytes(next) & 0x0FFF_FFFF;
+            if !(2..0x0FFF_FFF8).contains(&n) || chain.len() > 1 << 16 {
+                return Ok(chain);
+            }
+            chain.push(n);
+        }
+    }
+
+    fn fix_dir<V: Read + Write + Seek>(
+        &self,
+        v: &mut V,
+        first: u32,
+        is_root: bool,
+    ) -> io::Result<()> {
+        let clusters = self.chain(v, first)?;
+        let mut bytes = vec![0u8; clusters.len() * self.cluster_size as usize];
+        for (i, c) in clusters.iter().enumerate() {
+            v.seek(SeekFrom::Start(
+                self.data_start + u64::from(c - 2) * self.cluster_size,
+            ))?;
+            let at = i * self.cluster_size as usize;
+            v.read_exact(&mut bytes[at..at + self.cluster_size as usize])?;
+        }
+        let entries: Vec<[u8; 32]> = bytes
+            .chunks_exact(32)
+            .take_while(|e| e[0] != 0)
+            .map(|e| e.try_into().unwrap_or([0; 32]))
+            .collect();
+        let subdirs: Vec<u32> = entries
+            .iter()
+            .filter(|e| e[11] != ATTR_LFN && e[11] & ATTR_DIR != 0 && e[0] != 0xE5)
+            .filter(|e| &e[..11] != DOT && &e[..11] != DOTDOT)
+            .map(|e| entry_cluster(e))
+            .collect();
+        if !is_root {
+            let (mut dots, mut others, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+            for mut e in entries {
+                if e[11] == ATTR_LFN && e[0] != 0xE5 {
+                    pending.push(e);
+                } else if &e[..11] == DOT || &e[..11] == DOTDOT {
+                    pending.clear();
+                    if &e[..11] == DOTDOT && entry_cluster(&e) == self.root {
+                        e[20..22].fill(0);
+                        e[26..28].fill(0);
+                    }
+                    dots.push(e);
+                } else {
+                    others.append(&mut pending);
+                    others.push(e);
+                }
+            }
+            dots.sort_by(|a, b| a[..11].cmp(&b[..11]));
+            let fixed: Vec<u8> = dots
+                .iter()
+                .chain(others.iter())
+                .flatten()
+                .copied()
+                .collect();
+            bytes[..fixed.len()].copy_from_slice(&fixed);
+            bytes[fixed.len()..].fill(0);
+            for (i, c) in clusters.iter().enumerate() {
+                v.seek(SeekFrom::Start(
+                    self.data_start + u64::from(c - 2) * self.cluster_size,
+                ))?;
+                let at = i * self.cluster_size as usize;
+                v.write_all(&bytes[at..at + self.cluster_size as usize])?;
+            }
+        }
+        for sub in subdirs {
+            self.fix_dir(v, sub, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// FAT32 needs at least 65525 clusters: use 4 KiB clusters when the volume
+/// is large enough (≥ 260 MiB), smaller ones otherwise.
+fn cluster_size(volume_bytes: u64) -> u32 {
+    let mut cluster = 4096u32;
+    while cluster > 512 && volume_bytes / u64::from(cluster) < 66_000 {
+        cluster /= 2;
+    }
+    cluster
+}
+
+/// A FAT volume id from the image identity, so the same image gets the same id.
+pub fn volume_id(identity: &str) -> u32 {
+    let g = caisson_layout::derive_guid(identity, "esp-volume-id");
+    let b = g.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[derive(Debug)]
+struct FixedClock(DateTime);
+
+impl TimeProvider for FixedClock {
+    fn get_current_date(&self) -> Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> DateTime {
+        self.0
+    }
+}
+
+/// Unix seconds to a FAT timestamp (UTC). FAT cannot go before 1980 or past
+/// 2107; values outside are clamped.
+pub fn dos_datetime(epoch: u64) -> DateTime {
+    const MIN: u64 = 315_532_800; // 1980-01-01T00:00:00Z
+    const MAX: u64 = 4_354_819_199; // 2107-12-31T23:59:59Z
+    let t = epoch.clamp(MIN, MAX);
+    let days = (t / 86_400) as i64;
+    let secs = t % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    DateTime {
+        date: Date { year, month, day },
+        time: Time {
+            hour: (secs / 3600) as u16,
+            min: (secs / 60 % 60) as u16,
+            sec: (secs % 60) as u16,
+            millis: 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    const ROOT_A: &str = "0a2b3c4d-1111-4222-8333-444455556666";
+
+    fn plan() -> EspPlan {
+        EspPlan::new(EspInputs {
+            version: "0.1.0",
+            root_a_partuuid: Uuid::parse_str(ROOT_A).unwrap(),
+            cmdline: &["console=ttyS0,115200".to_string()],
+            bootloader: Content::Bytes(b"MZ-efi".to_vec()),
+            kernel: Content::Bytes(b"kernel".to_vec()),
+            initrd: Content::Bytes(b"initrd".to_vec()),
+        })
+    }
+
+    #[test]
+    fn plan_holds_bootloader_loader_conf_blessed_entry_and_slot_a() {
+        let p = plan();
+        let names: Vec<_> = p.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "a/initrd",
+                "a/vmlinuz",
+                "loader/entries/caisson-0.1.0-a.conf",
+                "loader/loader.conf"
+            ]
+        );
+        let Content::Bytes(entry) = &p.files["loader/entries/caisson-0.1.0-a.conf"] else {
+            panic!()
+        };
+        let entry = String::from_utf8(entry.clone()).unwrap();
+        assert!(
+            entry.contains(&format!(
+                "options caisson.slot=a caisson.root=PARTUUID={ROOT_A} console=ttyS0,115200\n"
+            )),
+            "{entry}"
+        );
+        assert!(
+            entry.contains("linux /a/vmlinuz\n") && entry.contains("version 0.1.0\n"),
+            "{entry}"
+        );
+        let Content::Bytes(conf) = &p.files["loader/loader.conf"] else {
+            panic!()
+        };
+        let conf = String::from_utf8(conf.clone()).unwrap();
+        assert!(!conf.contains("default"), "{conf}");
+        assert!(conf.contains("timeout 0\n") && conf.contains("random-seed-mode off\n"));
+        assert_eq!(
+            p.dirs(),
+            ["EFI", "EFI/BOOT", "a", "loader", "loader/entries"]
+        );
+    }
+
+    #[test]
+    fn dos_time_is_utc_civil_time_and_clamped() {
+        let t = dos_datetime(1_700_000_000); // 2023-11-14T22:13:20Z
+        assert_eq!(
+            t.date,
+            Date {
+                year: 2023,
+                month: 11,
+                day: 14
+            }
+        );
+        assert_eq!((t.time.hour, t.time.min, t.time.sec), (22, 13, 20));
+        assert_eq!(
+            dos_datetime(0).date,
+            Date {
+                year: 1980,
+                month: 1,
+                day: 1
+            }
+        );
+        assert_eq!(
+            dos_datetime(951_782_400).date,
+            Date {
+                year: 2000,
+                month: 2,
+                day: 29
+            }
+        );
+    }
+
+    #[test]
+    fn writes_a_reproducible_fat32_volume_with_fixed_id_and_times() {
+        let size = 64usize << 20;
+        let write = || {
+            let mut v = Cursor::new(vec![0u8; size]);
+            plan().write(&mut v, 0xCAFE_F00D, 1_700_000_000).unwrap();
+            v.into_inner()
+        };
+        let a = write();
+        assert_eq!(a, write(), "same plan, same bytes");
+        let fs = FileSystem::new(Cursor::new(a), FsOptions::new()).unwrap();
+        assert_eq!(fs.fat_type(), FatType::Fat32);
+        assert_eq!(fs.volume_id(), 0xCAFE_F00D);
+        assert_eq!(fs.volume_label(), "ESP");
+        let mut text = String::new();
+        fs.root_dir()
+            .open_file("loader/loader.conf")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, LOADER_CONF);
+        let entry = fs
+            .root_dir()
+            .open_dir("a")
+            .unwrap()
+            .iter()
+            .find(|e| e.as_ref().unwrap().file_name() == "vmlinuz");
+        let entry = entry.unwrap().unwrap();
+        assert_eq!(
+            entry.modified().date,
+            Date {
+                year: 2023,
+                month: 11,
+                day: 14
+            }
+        );
+        assert_eq!(entry.len(), 6);
+    }
+
+    #[test]
+    fn too_much_for_the_volume_is_refused_with_sizes() {
+        let mut p = plan();
+        p.files
+            .insert("a/initrd".into(), Content::Bytes(vec![0; 63 << 20]));
+        let e = p.write(Cursor::new(vec![0u8; 64 << 20]), 1, 0).unwrap_err();
+        assert!(matches!(e, EspError::TooBig { .. }), "{e}");
+    }
+}

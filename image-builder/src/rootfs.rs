@@ -1,0 +1,184 @@
+//! The root file system of an image, assembled as a sorted [`FsTree`]:
+//! skeleton (usr-merge links, mount points, os-release), the agent, payload
+//! files with their symlink chains, libraries and kernel modules, with a
+//! byte count per component for the build report.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use caisson_layout::paths;
+
+use crate::build::BuildError;
+use crate::elf::ElfRoot;
+use crate::tree::{self, usr_merged, FsTree, Node};
+
+/// The root file system being assembled, with a byte count per component.
+pub(crate) struct RootBuilder {
+    pub(crate) tree: FsTree,
+    pub(crate) components: BTreeMap<&'static str, u64>,
+    /// The agent and payload files: their shared-library needs must be met.
+    pub(crate) elf_roots: Vec<ElfRoot>,
+    pub(crate) closure: Vec<String>,
+}
+
+impl RootBuilder {
+    pub(crate) fn new() -> RootBuilder {
+        RootBuilder {
+            tree: FsTree::new(),
+            components: BTreeMap::new(),
+            elf_roots: Vec::new(),
+            closure: Vec::new(),
+        }
+    }
+
+    pub(crate) fn insert(
+        &mut self,
+        component: &'static str,
+        path: &str,
+        node: Node,
+    ) -> Result<(), BuildError> {
+        if let Node::File { size, .. } = &node {
+            *self.components.entry(component).or_default() += size;
+        }
+        self.tree.insert(path, node)?;
+        Ok(())
+    }
+
+    /// usr-merge links, mount points, os-release.
+    pub(crate) fn skeleton(
+        &mut self,
+        name: &str,
+        version: &str,
+        os_release_file: &Path,
+    ) -> Result<(), BuildError> {
+        for dir in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64"] {
+            self.insert("skeleton", dir, Node::Dir { mode: 0o755 })?;
+        }
+        for (link, target) in tree::USR_MERGE_LINKS {
+            self.insert(
+                "skeleton",
+                link,
+                Node::Symlink {
+                    target: target.to_string(),
+                },
+            )?;
+        }
+        for dir in paths::ROOT_MOUNT_POINTS {
+            let mode = if *dir == "tmp" { 0o1777 } else { 0o755 };
+            self.insert("skeleton", dir, Node::Dir { mode })?;
+        }
+        let text = os_release(name, version);
+        std::fs::write(os_release_file, &text).map_err(|source| BuildError::Staging {
+            path: os_release_file.to_path_buf(),
+            source,
+        })?;
+        let node = Node::File {
+            mode: 0o644,
+            size: text.len() as u64,
+            source: Some(os_release_file.to_path_buf()),
+        };
+        self.insert("skeleton", paths::OS_RELEASE.trim_start_matches('/'), node)
+    }
+
+    pub(crate) fn add_file(
+        &mut self,
+        component: &'static str,
+        image_path: &str,
+        host: &Path,
+        mode: u32,
+    ) -> Result<(), BuildError> {
+        let size = std::fs::metadata(host)
+            .map_err(|source| BuildError::Staging {
+                path: host.to_path_buf(),
+                source,
+            })?
+            .len();
+        let node = Node::File {
+            mode,
+            size,
+            source: Some(host.to_path_buf()),
+        };
+        self.insert(component, image_path.trim_start_matches('/'), node)
+    }
+
+    /// A chain of package paths (symlinks, then the file) into the root, usr-merged.
+    pub(crate) fn add_chain(
+        &mut self,
+        component: &'static str,
+        pkg: &FsTree,
+        chain: &[String],
+        artifact: &str,
+    ) -> Result<(), BuildError> {
+        for path in chain {
+            let node = pkg.get(path).cloned().ok_or_else(|| BuildError::Artifact {
+                artifact: artifact.to_string(),
+                reason: format!("has no {path}"),
+            })?;
+            if let Node::Dir { .. } = node {
+                return Err(BuildError::Artifact {
+                    artifact: artifact.to_string(),
+                    reason: format!("{path} is a directory"),
+                });
+            }
+            if let Node::File {
+                source: Some(file), ..
+            } = &node
+            {
+                let name = usr_merged(path);
+                self.elf_roots.push(ElfRoot {
+                    name,
+                    file: file.clone(),
+                });
+            }
+            self.insert(component, &usr_merged(path), node)?;
+        }
+        Ok(())
+    }
+
+    /// A host directory tree (sorted) under `image_dir`.
+    pub(crate) fn add_host_dir(
+        &mut self,
+        component: &'static str,
+        host: &Path,
+        image_dir: &str,
+    ) -> Result<(), BuildError> {
+        let staging = |source| BuildError::Staging {
+            path: host.to_path_buf(),
+            source,
+        };
+        let mut entries: Vec<_> = std::fs::read_dir(host)
+            .map_err(staging)?
+            .collect::<Result<_, _>>()
+            .map_err(staging)?;
+        entries.sort_by_key(|e| e.file_name());
+        self.insert(component, image_dir, Node::Dir { mode: 0o755 })?;
+        for entry in entries {
+            let host_path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let image_path = format!("{image_dir}/{name}");
+            let meta = std::fs::symlink_metadata(&host_path).map_err(staging)?;
+            if meta.is_dir() {
+                self.add_host_dir(component, &host_path, &image_path)?;
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&host_path).map_err(staging)?;
+                self.insert(
+                    component,
+                    &image_path,
+                    Node::Symlink {
+                        target: target.to_string_lossy().into_owned(),
+                    },
+                )?;
+            } else {
+                self.add_file(component, &image_path, &host_path, 0o644)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn os_release(name: &str, version: &str) -> String {
+    format!(
+        "NAME=\"Caisson\"\nID=caisson\nVERSION=\"{version}\"\nVERSION_ID={version}\n\
+         PRETTY_NAME=\"Caisson {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n"
+    )
+}

@@ -1,0 +1,382 @@
+//! The image spec: a TOML file naming the image, its artifacts and what goes
+//! where. Unknown keys are errors, and every error names the key path and the
+//! line and column it is on.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use caisson_layout::SizesMiB;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SpecError {
+    #[error("cannot read spec {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("spec {path}:{line}:{column}: key `{key}`: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("spec {path}: key `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub image: ImageSection,
+    #[serde(default)]
+    pub artifacts: ArtifactsSection,
+    pub programs: ProgramsSection,
+    pub kernel: KernelSection,
+    pub initrd: InitrdSection,
+    pub bootloader: BootloaderSection,
+    #[serde(default)]
+    pub payload: Vec<Payload>,
+    #[serde(default)]
+    pub libraries: LibrariesSection,
+    #[serde(default)]
+    pub disk: DiskSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    pub name: String,
+    pub version: String,
+    /// Every timestamp in the image; `SOURCE_DATE_EPOCH` overrides it.
+    pub source_date_epoch: u64,
+}
+
+/// Paths are relative to the spec file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsSection {
+    pub lock: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Default for ArtifactsSection {
+    fn default() -> Self {
+        ArtifactsSection {
+            lock: PathBuf::from("artifacts.lock"),
+            dir: PathBuf::from("artifacts"),
+        }
+    }
+}
+
+/// Caisson's own static programs; paths relative to the spec file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramsSection {
+    pub init: PathBuf,
+    pub agent: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSection {
+    pub artifact: String,
+    /// Appended after the `caisson.*` parameters on the entry's options line.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitrdSection {
+    /// Modules `init` loads, with their dependencies; built-ins are allowed.
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootloaderSection {
+    pub artifact: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    pub artifact: String,
+    /// Package paths (`usr/bin/containerd`); they land usr-merged.
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibrariesSection {
+    /// Packages the payload's shared libraries are taken from.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskSection {
+    pub esp_mib: u64,
+    pub root_mib: u64,
+    pub state_mib: u64,
+    pub data_mib: u64,
+}
+
+impl Default for DiskSection {
+    fn default() -> Self {
+        let d = SizesMiB::default();
+        DiskSection {
+            esp_mib: d.esp,
+            root_mib: d.root,
+            state_mib: d.state,
+            data_mib: d.data,
+        }
+    }
+}
+
+impl DiskSection {
+    pub fn sizes(&self) -> SizesMiB {
+        SizesMiB {
+            esp: self.esp_mib,
+            root: self.root_mib,
+            state: self.state_mib,
+            data: self.data_mib,
+        }
+    }
+}
+
+/// A spec and the directory its relative paths start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSpec {
+    pub path: PathBuf,
+    pub base: PathBuf,
+    pub spec: Spec,
+}
+
+impl LoadedSpec {
+    pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spec = Spec::parse(path, &text)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Ok(LoadedSpec {
+            path: path.to_path_buf(),
+            base,
+            spec,
+        })
+    }
+
+    /// A path from the spec, relative to the spec's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.base.join(p)
+    }
+}
+
+impl Spec {
+    pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
+        let de = toml::Deserializer::new(text);
+        let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            SpecError::Parse {
+                path: path.to_path_buf(),
+                key,
+                line,
+                column,
+                message: inner.message().to_string(),
+            }
+        })?;
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    /// `<name>-<version>`: the image's file name stem and the seed of its GUIDs.
+    pub fn identity(&self) -> String {
+        format!("{}-{}", self.image.name, self.image.version)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), SpecError> {
+        let invalid = |key: &str, reason: String| SpecError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason,
+        };
+        let word = |key: &str, value: &str, extra: &str| -> Result<(), SpecError> {
+            let ok = !value.is_empty()
+                && value.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || c == '.' || c == '_' || extra.contains(c)
+                });
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{value:?} must be non-empty ASCII letters, digits, '.', '_'{extra:?}"),
+                ))
+            }
+        };
+        word("image.name", &self.image.name, "-")?;
+        // '+' would read as a boot counter in the entry's file name.
+        word("image.version", &self.image.version, "-")?;
+        if self.image.source_date_epoch > u64::from(u32::MAX) {
+            return Err(invalid(
+                "image.source_date_epoch",
+                "must fit in 32 bits (squashfs stores u32)".into(),
+            ));
+        }
+        for (i, p) in self.payload.iter().enumerate() {
+            if p.files.is_empty() {
+                return Err(invalid(
+                    &format!("payload[{i}].files"),
+                    "lists no files".into(),
+                ));
+            }
+            for f in &p.files {
+                if crate::tree::normalize(f)
+                    .map(|n| n.is_empty())
+                    .unwrap_or(true)
+                {
+                    return Err(invalid(
+                        &format!("payload[{i}].files"),
+                        format!("{f:?} is not a path inside the package"),
+                    ));
+                }
+            }
+        }
+        for (i, m) in self.initrd.modules.iter().enumerate() {
+            if m.is_empty() || m.contains('/') {
+                return Err(invalid(
+                    &format!("initrd.modules[{i}]"),
+                    format!("{m:?} is not a module name"),
+                ));
+            }
+        }
+        for (i, w) in self.kernel.cmdline.iter().enumerate() {
+            if w.is_empty() || w.chars().any(char::is_whitespace) || w.starts_with("caisson.") {
+                return Err(invalid(
+                    &format!("kernel.cmdline[{i}]"),
+                    format!(
+                        "{w:?} must be one word, and caisson.* parameters are set by the builder"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const MINIMAL: &str = r#"
+[image]
+name = "caisson"
+version = "0.1.0"
+source_date_epoch = 1700000000
+
+[programs]
+init = "init"
+agent = "agent"
+
+[kernel]
+artifact = "kernel"
+cmdline = ["console=ttyS0,115200"]
+
+[initrd]
+modules = ["virtio_blk"]
+
+[bootloader]
+artifact = "systemd-boot-efi"
+
+[[payload]]
+artifact = "runc"
+files = ["usr/sbin/runc"]
+
+[disk]
+esp_mib = 256
+"#;
+
+    fn parse(text: &str) -> Result<Spec, SpecError> {
+        Spec::parse(Path::new("s.toml"), text)
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.identity(), "caisson-0.1.0");
+        assert_eq!(
+            s.disk.sizes(),
+            SizesMiB {
+                esp: 256,
+                ..SizesMiB::default()
+            }
+        );
+        assert_eq!(s.artifacts, ArtifactsSection::default());
+        assert!(s.libraries.artifacts.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_key_path_line_and_column() {
+        let e =
+            parse(&MINIMAL.replace("esp_mib = 256", "esp_mib = 256\nesp_size = 1")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("disk.esp_size"), "{msg}");
+        assert!(msg.contains("s.toml:27:1"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn ill_typed_key_names_key_path_line_and_column() {
+        let e = parse(&MINIMAL.replace("esp_mib = 256", "esp_mib = \"big\"")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("key `disk.esp_mib`"), "{msg}");
+        assert!(msg.contains("s.toml:26:11"), "{msg}");
+        let e = parse(&MINIMAL.replace("files = [\"usr/sbin/runc\"]", "files = [1]")).unwrap_err();
+        assert!(e.to_string().contains("payload[0].files[0]"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_and_bad_values_are_named() {
+        let e = parse(&MINIMAL.replace("[bootloader]\nartifact = \"systemd-boot-efi\"", ""))
+            .unwrap_err();
+        assert!(e.to_string().contains("bootloader"), "{e}");
+        let e = parse(&MINIMAL.replace("0.1.0", "0.1.0+1")).unwrap_err();
+        assert!(e.to_string().contains("image.version"), "{e}");
+        let e =
+            parse(&MINIMAL.replace("\"console=ttyS0,115200\"", "\"caisson.slot=b\"")).unwrap_err();
+        assert!(e.to_string().contains("kernel.cmdline[0]"), "{e}");
+        let e = parse(&MINIMAL.replace("usr/sbin/runc", "../x")).unwrap_err();
+        assert!(e.to_string().contains("payload[0].files"), "{e}");
+    }
+}

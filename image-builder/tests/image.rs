@@ -1,0 +1,239 @@
+//! Real builds from the pinned packages, checked by independent tools
+//! (sgdisk, fsck.fat, unsquashfs, e2fsck) rather than by our own readers.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use caisson_layout::{DiskPlan, PartitionRole, SizesMiB};
+use image_builder::build::build;
+use image_builder::deb::Deb;
+use image_builder::elf::{self, ElfRoot};
+use image_builder::lock::{self, Lock};
+use image_builder::tree::{usr_merged, FsTree, Node};
+use support::{artifacts_dir, lock_path, run, tool, Fixture};
+
+const IDENTITY: &str = "test-1.2.3";
+const SIZES: SizesMiB = SizesMiB {
+    esp: 64,
+    root: 96,
+    state: 16,
+    data: 16,
+};
+
+fn deb(name: &str) -> Deb {
+    let lock = Lock::load(&lock_path()).unwrap();
+    Deb::new(artifacts_dir().join(lock.get(&lock_path(), name).unwrap().file_name()))
+}
+
+/// Copy one partition out of the image, as `dd` would.
+fn partition(image: &Path, role: PartitionRole, dir: &Path) -> PathBuf {
+    let plan = DiskPlan::new(IDENTITY, SIZES).unwrap();
+    let p = plan.partition(role).unwrap();
+    let mut src = File::open(image).unwrap();
+    src.seek(SeekFrom::Start(p.offset)).unwrap();
+    let out = dir.join(format!("{}.img", p.label));
+    let mut dst = File::create(&out).unwrap();
+    let copied = std::io::copy(&mut src.take(p.size), &mut dst).unwrap();
+    assert_eq!(copied, p.size);
+    dst.flush().unwrap();
+    out
+}
+
+#[test]
+fn image_passes_independent_checks_and_rebuilds_byte_identical() {
+    let f = Fixture::new();
+    let spec = f.spec(|s| s);
+    let report = f.build(spec.clone()).unwrap();
+    let image = f.out.join(format!("{IDENTITY}.raw"));
+    assert_eq!(report.image, image);
+    let left: Vec<_> = std::fs::read_dir(&f.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from(format!("{IDENTITY}.raw"))],
+        "only the image remains: no staging, no temporary"
+    );
+
+    let out2 = f.dir.path().join("out2");
+    build(&image_builder::build::BuildOptions {
+        out_dir: out2.clone(),
+        ..f.options(spec)
+    })
+    .unwrap();
+    assert_eq!(
+        lock::sha256_file(&image).unwrap(),
+        lock::sha256_file(&out2.join(format!("{IDENTITY}.raw"))).unwrap(),
+        "two builds of one spec must be byte-identical"
+    );
+    std::fs::remove_dir_all(&out2).unwrap();
+
+    let gpt = run(tool("sgdisk", "gdisk").arg("-v").arg(&image));
+    assert!(gpt.contains("No problems found"), "{gpt}");
+    let table = run(tool("sgdisk", "gdisk").arg("-p").arg(&image));
+    for label in ["ESP", "ROOT-A", "ROOT-B", "STATE", "DATA"] {
+        assert!(table.contains(label), "{table}");
+    }
+
+    let scratch = tempfile::tempdir().unwrap();
+    let esp = partition(&image, PartitionRole::Esp, scratch.path());
+    run(tool("fsck.fat", "dosfstools").arg("-n").arg(&esp));
+    let fs = fatfs::FileSystem::new(File::open(&esp).unwrap(), fatfs::FsOptions::new()).unwrap();
+    let mut entry = String::new();
+    fs.root_dir()
+        .open_file("loader/entries/caisson-1.2.3-a.conf")
+        .unwrap()
+        .read_to_string(&mut entry)
+        .unwrap();
+    let root_a = DiskPlan::new(IDENTITY, SIZES)
+        .unwrap()
+        .partition(PartitionRole::RootA)
+        .unwrap()
+        .part_guid;
+    assert!(
+        entry.contains(&format!(
+            "options caisson.slot=a caisson.root=PARTUUID={root_a} console=ttyS0,115200\n"
+        )),
+        "{entry}"
+    );
+    for file in [
+        "EFI/BOOT/BOOTX64.EFI",
+        "a/vmlinuz",
+        "a/initrd",
+        "loader/loader.conf",
+    ] {
+        let size = report.esp_files[file];
+        assert!(size > 0, "{file}");
+    }
+    drop(fs);
+
+    let root = partition(&image, PartitionRole::RootA, scratch.path());
+    let stats = run(tool("unsquashfs", "squashfs-tools").arg("-s").arg(&root));
+    assert!(stats.contains("Compression zstd"), "{stats}");
+    let listing = run(tool("unsquashfs", "squashfs-tools").arg("-lln").arg(&root));
+    for line in listing.lines().filter(|l| l.contains("squashfs-root")) {
+        assert!(
+            line.contains(" 0/0 ") && line.contains("2023-11-14 22:13"),
+            "owner and time must be fixed: {line}"
+        );
+    }
+    for want in [
+        "squashfs-root/usr/bin/node-agent",
+        "squashfs-root/usr/bin/containerd",
+        "squashfs-root/usr/sbin/runc",
+        "squashfs-root/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "squashfs-root/usr/lib/x86_64-linux-gnu/libseccomp.so.2 -> libseccomp.so.2.5.4",
+        "squashfs-root/usr/lib64/ld-linux-x86-64.so.2 -> /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "squashfs-root/usr/lib/modules/6.1.0-56-cloud-amd64/modules.dep",
+        "squashfs-root/usr/lib/modules/6.1.0-56-cloud-amd64/kernel/fs/squashfs/squashfs.ko",
+        "squashfs-root/usr/lib/os-release",
+        "squashfs-root/lib -> usr/lib",
+        "squashfs-root/var",
+    ] {
+        assert!(listing.contains(want), "root lacks {want}");
+    }
+    assert!(
+        !listing.contains("libm.so.6"),
+        "only the closure of the payload is shipped"
+    );
+
+    for role in [PartitionRole::State, PartitionRole::Data] {
+        let fs = partition(&image, role, scratch.path());
+        run(tool("e2fsck", "e2fsprogs").arg("-fn").arg(&fs));
+        let header = run(tool("dumpe2fs", "e2fsprogs").arg("-h").arg(&fs));
+        assert!(
+            header.contains(&format!("Filesystem volume name:   {}", role.label())),
+            "{header}"
+        );
+    }
+}
+
+#[test]
+fn deb_reader_sees_symlinks_of_real_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let libc = deb("libc6")
+        .extract(dir.path(), |p| {
+            p == "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+        })
+        .unwrap();
+    assert_eq!(
+        libc.get("lib64/ld-linux-x86-64.so.2"),
+        Some(&Node::Symlink {
+            target: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()
+        })
+    );
+    let Some(Node::File {
+        source: Some(ld),
+        mode,
+        ..
+    }) = libc.get("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    else {
+        panic!("ld.so not extracted")
+    };
+    assert_eq!(*mode, 0o755);
+    assert_eq!(&std::fs::read(ld).unwrap()[..4], b"\x7fELF");
+    let runc = deb("runc").extract(dir.path(), |_| false).unwrap();
+    assert_eq!(
+        runc.get("usr/bin/runc"),
+        Some(&Node::Symlink {
+            target: "../sbin/runc".into()
+        })
+    );
+    assert!(
+        matches!(
+            runc.get("usr/sbin/runc"),
+            Some(Node::File { source: None, .. })
+        ),
+        "listed, not extracted"
+    );
+}
+
+#[test]
+fn elf_closure_of_real_runc_and_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut libs = FsTree::new();
+    for name in ["libc6", "libseccomp2"] {
+        let tree = deb(name)
+            .extract(&dir.path().join(name), |p| !p.starts_with("usr/share/"))
+            .unwrap();
+        for (path, node) in tree.iter() {
+            libs.insert(&usr_merged(path), node.clone()).unwrap();
+        }
+    }
+    let mut roots = Vec::new();
+    for (name, file) in [
+        ("runc", "usr/sbin/runc"),
+        ("containerd", "usr/bin/containerd-shim-runc-v2"),
+    ] {
+        let tree = deb(name)
+            .extract(&dir.path().join(name), |p| p == file)
+            .unwrap();
+        let Some(Node::File {
+            source: Some(src), ..
+        }) = tree.get(file)
+        else {
+            panic!("{file}")
+        };
+        roots.push(ElfRoot {
+            name: file.to_string(),
+            file: src.clone(),
+        });
+    }
+    let closure = elf::closure(&roots, &libs, elf::read_deps).unwrap();
+    let want: BTreeSet<String> = [
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/libseccomp.so.2",
+        "usr/lib/x86_64-linux-gnu/libseccomp.so.2.5.4",
+        "usr/lib64/ld-linux-x86-64.so.2",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(closure, want);
+}

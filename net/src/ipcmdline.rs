@@ -38,7 +38,7 @@ pub struct StaticIp {
     pub ntp: Option<Ipv4Addr>,
 }
 
-fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
+pub(crate) fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
     let bits = u32::from(mask);
     let ones = bits.leading_ones();
     (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)

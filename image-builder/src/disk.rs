@@ -46,7 +46,7 @@ pub fn gpt_entries(plan: &DiskPlan) -> BTreeMap<u32, Partition> {
                 part_guid: p.part_guid,
                 first_lba: p.first_lba(),
                 last_lba: p.last_lba(),
-                flags: 0,
+                flags: p.attributes,
                 name: p.label.to_string(),
             };
             (p.role.number(), entry)

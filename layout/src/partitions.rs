@@ -110,6 +110,12 @@ pub enum PlanError {
     TooSmall { label: &'static str, size_mib: u64, min_mib: u64 },
 }
 
+/// GPT attribute bit 63, "no-auto" in the Discoverable Partitions
+/// Specification: tools such as `systemd-dissect` skip the partition when
+/// they pick a root. Set on the slot that is not meant to boot, so the disk
+/// has exactly one auto-discoverable root.
+pub const GPT_ATTR_NO_AUTO: u64 = 1 << 63;
+
 /// One partition of the plan, in bytes and sectors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionPlan {
@@ -121,6 +127,8 @@ pub struct PartitionPlan {
     pub offset: u64,
     /// Length in bytes.
     pub size: u64,
+    /// GPT attribute bits.
+    pub attributes: u64,
 }
 
 impl PartitionPlan {
@@ -173,6 +181,8 @@ impl DiskPlan {
                 part_guid: derive_guid(identity, &format!("partition/{}", role.label())),
                 offset,
                 size,
+                // A fresh disk boots slot A; slot B is empty until the first upgrade.
+                attributes: if role == PartitionRole::RootB { GPT_ATTR_NO_AUTO } else { 0 },
             });
             offset += size;
         }
@@ -208,6 +218,9 @@ mod tests {
         assert_eq!(esp.first_lba(), 2048);
         assert_eq!(esp.last_lba(), 2048 + 512 * 2048 - 1);
         assert_eq!(plan.partition(PartitionRole::RootA).unwrap().size, 2048 * MIB);
+        let no_auto: Vec<_> =
+            plan.partitions.iter().filter(|p| p.attributes & GPT_ATTR_NO_AUTO != 0).map(|p| p.label).collect();
+        assert_eq!(no_auto, ["ROOT-B"]);
     }
 
     #[test]

@@ -1,0 +1,64 @@
+//! Inputs that `cargo xtask test` passes to the tests, and where tests work.
+
+use std::path::{Path, PathBuf};
+
+use crate::{HarnessError, Result};
+
+/// The built raw disk image every VM boots from (through an overlay).
+pub const TEST_IMAGE: &str = "CAISSON_TEST_IMAGE";
+/// `artifacts/`: the fetched, verified .debs.
+pub const ARTIFACTS_DIR: &str = "CAISSON_ARTIFACTS_DIR";
+/// `artifacts.lock`.
+pub const LOCK: &str = "CAISSON_LOCK";
+/// The static stage-1 binary.
+pub const INIT_BIN: &str = "CAISSON_INIT_BIN";
+/// The static agent binary.
+pub const AGENT_BIN: &str = "CAISSON_AGENT_BIN";
+/// The release image-builder binary.
+pub const BUILDER_BIN: &str = "CAISSON_BUILDER_BIN";
+/// The image spec the test image was built from.
+pub const SPEC: &str = "CAISSON_SPEC";
+/// Parent of the per-test directories; default `target/qemu-tests`.
+pub const WORK_DIR: &str = "CAISSON_TEST_WORK_DIR";
+
+/// An input path from the environment; it must exist.
+pub fn input(var: &'static str) -> Result<PathBuf> {
+    let value = std::env::var_os(var).ok_or(HarnessError::NotConfigured { var })?;
+    let path = PathBuf::from(value);
+    if !path.exists() {
+        return Err(HarnessError::MissingInput { var, path });
+    }
+    absolute(&path)
+}
+
+/// The image under test, as an absolute path (qcow2 overlays need one).
+pub fn test_image() -> Result<PathBuf> {
+    input(TEST_IMAGE)
+}
+
+pub fn work_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os(WORK_DIR) {
+        return PathBuf::from(dir);
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target"),
+    };
+    target.join("qemu-tests")
+}
+
+/// `work_root()/<name>`, emptied.
+pub fn fresh_dir(name: &str) -> Result<PathBuf> {
+    let dir = work_root().join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(HarnessError::io("cannot clear", &dir))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(HarnessError::io("cannot create", &dir))?;
+    absolute(&dir)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(HarnessError::io("cannot resolve", path))
+}

@@ -1,0 +1,149 @@
+//! The QEMU command line shared by the tests, `xtask demo` and `xtask bench`:
+//! q35 under TCG (no KVM on our machines), OVMF or direct kernel boot, one
+//! virtio disk on a qcow2 overlay.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::tools::run;
+use crate::{HarnessError, Result};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A QEMU command line under construction.
+#[derive(Debug, Clone)]
+pub struct QemuArgs {
+    args: Vec<OsString>,
+}
+
+impl QemuArgs {
+    /// q35, TCG, one vCPU, `memory_mib` of RAM.
+    pub fn new(memory_mib: u32) -> QemuArgs {
+        let mut q = QemuArgs { args: Vec::new() };
+        q.push([
+            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
+        ]);
+        q.push(["-m".to_string(), memory_mib.to_string()]);
+        q
+    }
+
+    /// Boot through OVMF with the given private copy of the variable store.
+    pub fn uefi(mut self, vars: &Path) -> QemuArgs {
+        self.push([
+            "-drive".to_string(),
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                escape(Path::new(OVMF_CODE))
+            ),
+        ]);
+        self.push([
+            "-drive".to_string(),
+            format!("if=pflash,format=raw,unit=1,file={}", escape(vars)),
+        ]);
+        self
+    }
+
+    /// Boot a kernel and initrd directly (SeaBIOS, no boot loader).
+    pub fn direct_kernel(mut self, kernel: &Path, initrd: &Path, append: &str) -> QemuArgs {
+        self.push([
+            "-kernel".into(),
+            kernel.as_os_str().to_owned(),
+            "-initrd".into(),
+            initrd.as_os_str().to_owned(),
+        ]);
+        self.push(["-append", append]);
+        self
+    }
+
+    pub fn virtio_disk(mut self, qcow2: &Path) -> QemuArgs {
+        self.push([
+            "-drive".to_string(),
+            format!("file={},if=virtio,format=qcow2", escape(qcow2)),
+        ]);
+        self
+    }
+
+    /// User-mode networking on a virtio NIC.
+    pub fn user_net(mut self) -> QemuArgs {
+        self.push(["-nic", "user,model=virtio-net-pci"]);
+        self
+    }
+
+    /// A guest reboot ends QEMU instead of restarting the machine.
+    pub fn no_reboot(mut self) -> QemuArgs {
+        self.push(["-no-reboot"]);
+        self
+    }
+
+    /// No display; serial console to `log`; QMP on the unix socket `qmp`.
+    pub fn headless(mut self, log: &Path, qmp: &Path) -> QemuArgs {
+        self.push(["-display", "none", "-monitor", "none"]);
+        self.push(["-serial".to_string(), format!("file:{}", log.display())]);
+        self.push([
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+        ]);
+        self
+    }
+
+    /// Serial console and monitor multiplexed on this terminal (Ctrl-A X
+    /// quits, Ctrl-A C switches to the monitor). The monitor is named
+    /// explicitly: a `-qmp` option would otherwise drop the default one.
+    pub fn interactive(mut self) -> QemuArgs {
+        self.push(["-nographic", "-serial", "mon:stdio"]);
+        self
+    }
+
+    pub fn extra<I, S>(mut self, args: I) -> QemuArgs
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.push(args);
+        self
+    }
+
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(QEMU);
+        cmd.args(&self.args);
+        cmd
+    }
+
+    fn push<I, S>(&mut self, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+    }
+}
+
+/// `-drive file=` treats ',' as a separator; QEMU escapes it by doubling.
+fn escape(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// A qcow2 overlay at `overlay` whose backing file is the raw `base`, so the
+/// VM's writes never reach the built image.
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<PathBuf> {
+    let base = std::fs::canonicalize(base).map_err(HarnessError::io("cannot resolve", base))?;
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(overlay))?;
+    Ok(overlay.to_path_buf())
+}
+
+/// A private copy of the OVMF variable store in `dir`.
+pub fn copy_ovmf_vars(dir: &Path) -> Result<PathBuf> {
+    let dest = dir.join("OVMF_VARS_4M.fd");
+    std::fs::copy(OVMF_VARS, &dest).map_err(HarnessError::io("cannot copy ", OVMF_VARS))?;
+    Ok(dest)
+}

@@ -1,0 +1,247 @@
+//! One QEMU virtual machine owned by one test.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::console::{Console, TAIL_LINES};
+use crate::qemu::{copy_ovmf_vars, create_overlay, QemuArgs};
+use crate::qmp::Qmp;
+use crate::{env, HarnessError, Result};
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// How the machine starts.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// OVMF, then systemd-boot from the image's ESP: the real boot chain.
+    Uefi,
+    /// `-kernel`/`-initrd`/`-append` under SeaBIOS; the disk is still attached.
+    DirectKernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Names the VM's directory under `target/qemu-tests/`.
+    pub name: String,
+    /// The raw image to boot; default: `$CAISSON_TEST_IMAGE`.
+    pub image: Option<PathBuf>,
+    pub memory_mib: u32,
+    pub boot: Boot,
+    /// When false (the default) a guest reboot ends QEMU (`-no-reboot`).
+    pub allow_reboot: bool,
+    pub network: bool,
+    pub extra_args: Vec<String>,
+}
+
+impl VmOptions {
+    /// OVMF boot of the test image, 1 GiB, network on, reboot ends QEMU.
+    pub fn new(name: &str) -> VmOptions {
+        VmOptions {
+            name: name.to_string(),
+            image: None,
+            memory_mib: 1024,
+            boot: Boot::Uefi,
+            allow_reboot: false,
+            network: true,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+pub struct Vm {
+    dir: PathBuf,
+    child: Child,
+    console: Console,
+    qmp_socket: PathBuf,
+    qmp: Option<Qmp>,
+    started: Instant,
+    exit: Option<ExitStatus>,
+}
+
+impl Vm {
+    /// Prepare `target/qemu-tests/<name>/` and start QEMU.
+    pub fn start(opts: VmOptions) -> Result<Vm> {
+        let image = match &opts.image {
+            Some(image) => image.clone(),
+            None => env::test_image()?,
+        };
+        let dir = env::fresh_dir(&opts.name)?;
+        let overlay = create_overlay(&image, &dir.join("overlay.qcow2"))?;
+        let console_log = dir.join("console.log");
+        let qmp_socket = dir.join("qmp.sock");
+        let mut args = QemuArgs::new(opts.memory_mib);
+        args = match &opts.boot {
+            Boot::Uefi => args.uefi(&copy_ovmf_vars(&dir)?),
+            Boot::DirectKernel {
+                kernel,
+                initrd,
+                append,
+            } => args.direct_kernel(kernel, initrd, append),
+        };
+        args = args
+            .virtio_disk(&overlay)
+            .headless(&console_log, &qmp_socket);
+        if opts.network {
+            args = args.user_net();
+        }
+        if !opts.allow_reboot {
+            args = args.no_reboot();
+        }
+        args = args.extra(&opts.extra_args);
+        let stderr_path = dir.join("qemu.stderr");
+        let stderr =
+            File::create(&stderr_path).map_err(HarnessError::io("cannot create", &stderr_path))?;
+        std::fs::write(dir.join("qemu.cmdline"), format!("{:?}\n", args.args()))
+            .map_err(HarnessError::io("cannot write", dir.join("qemu.cmdline")))?;
+        let mut cmd = args.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let started = Instant::now();
+        let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+            program: crate::qemu::QEMU.into(),
+            source,
+        })?;
+        Ok(Vm {
+            dir,
+            child,
+            console: Console::new(&console_log),
+            qmp_socket,
+            qmp: None,
+            started,
+            exit: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Wait for a console line containing `needle`; see [`Vm::wait_for`].
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for(&format!("a line containing {needle:?}"), timeout, |l| {
+            l.contains(needle)
+        })
+    }
+
+    /// Wait for a console line satisfying `matches`, searching from the line
+    /// that matched last (inclusive), so a sequence of waits checks order.
+    /// Fails early if QEMU exits; errors carry the last console lines.
+    pub fn wait_for(
+        &mut self,
+        expected: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.console.find_next(&matches) {
+                return Ok(line);
+            }
+            if let Some(status) = self.poll_exit()? {
+                if let Some(line) = self.console.find_next_final(&matches) {
+                    return Ok(line);
+                }
+                return Err(HarnessError::Exited {
+                    expected: expected.to_string(),
+                    status,
+                    console: self.console.path().to_path_buf(),
+                    tail: self.tail(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    expected: expected.to_string(),
+                    waited: timeout,
+                    console: self.console.path().to_path_buf(),
+                    tail: self.tail(),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The whole console so far.
+    pub fn console_text(&mut self) -> String {
+        self.console.text()
+    }
+
+    /// The last lines of the console and QEMU's stderr, for failure messages.
+    pub fn tail(&mut self) -> String {
+        let mut tail = self.console.tail(TAIL_LINES);
+        if let Ok(stderr) = std::fs::read_to_string(self.dir.join("qemu.stderr")) {
+            if !stderr.trim().is_empty() {
+                tail.push_str("\n--- QEMU stderr ---\n");
+                tail.push_str(stderr.trim_end());
+            }
+        }
+        tail
+    }
+
+    /// The QMP connection, opened on first use.
+    pub fn qmp(&mut self) -> Result<&mut Qmp> {
+        let qmp = match self.qmp.take() {
+            Some(qmp) => qmp,
+            None => Qmp::connect(&self.qmp_socket, Duration::from_secs(10))?,
+        };
+        Ok(self.qmp.insert(qmp))
+    }
+
+    /// Press the ACPI power button (QMP `system_powerdown`).
+    pub fn power_button(&mut self) -> Result<()> {
+        self.qmp()?.system_powerdown()
+    }
+
+    /// QEMU's exit status once it has exited by itself within `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.poll_exit()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::StillRunning {
+                    waited: timeout,
+                    console: self.console.path().to_path_buf(),
+                    tail: self.tail(),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn poll_exit(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exit.is_none() {
+            self.exit = self
+                .child
+                .try_wait()
+                .map_err(HarnessError::io("cannot wait for QEMU in", &self.dir))?;
+        }
+        Ok(self.exit)
+    }
+}
+
+impl Drop for Vm {
+    /// Kill our own QEMU (by pid, SIGKILL) and reap it, also when a test panics.
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `cargo xtask bench`: the figures we hold ourselves to, each against its
+//! target. Reports PASS/MISS; never fails on a miss.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use qemu_tests::tools::{self, SquashEntry};
+use qemu_tests::{disk, Vm, VmOptions};
+
+use crate::deps;
+use crate::image::{build_builder, build_image};
+use crate::workspace::Workspace;
+
+const MIB: f64 = 1024.0 * 1024.0;
+const BUILD_TARGET: Duration = Duration::from_secs(60);
+const OWN_TARGET_MIB: f64 = 15.0;
+const BOOT_TARGET: Duration = Duration::from_secs(12);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
+    deps::ensure(&[deps::FETCH, deps::IMAGE, deps::BENCH])?;
+    crate::fetch::fetch(ws, false)?;
+    let programs = crate::programs::build(ws)?;
+    let builder = build_builder(ws)?;
+    let spec = ws.default_spec();
+
+    // (1) Build time, warm: artifacts fetched, builder compiled.
+    let mut times = Vec::new();
+    let mut raw = PathBuf::new();
+    for i in 0..builds {
+        let out = ws.target_dir.join("bench").join(format!("build-{i}"));
+        let built = build_image(ws, &builder, &spec, &out, &programs)?;
+        println!(
+            "bench: build {} took {:.1} s",
+            i + 1,
+            built.took.as_secs_f64()
+        );
+        times.push(built.took);
+        raw = built.raw;
+    }
+    let build = median(&mut times);
+
+    // (2) Sizes.
+    let sizes = Sizes::measure(&raw, &programs.init, &ws.target_dir.join("bench"))?;
+
+    // (3)+(4) Boot to the agent's banner, and the agent's memory once ready.
+    let mut boot_times = Vec::new();
+    let mut ready_line = None;
+    for i in 0..boots {
+        let mut opts = VmOptions::new(&format!("bench-boot-{i}"));
+        opts.image = Some(raw.clone());
+        let mut vm = Vm::start(opts)?;
+        vm.wait_for("the agent banner", BOOT_TIMEOUT, is_banner)?;
+        let t = vm.elapsed();
+        println!(
+            "bench: boot {} reached the banner after {:.1} s",
+            i + 1,
+            t.as_secs_f64()
+        );
+        boot_times.push(t);
+        if ready_line.is_none() {
+            ready_line = vm
+                .wait_for_line("boot: ready", Duration::from_secs(60))
+                .ok();
+        }
+    }
+    let boot = median(&mut boot_times);
+
+    println!();
+    println!(
+        "== Caisson bench ({} builds, {} boots; medians) ==",
+        builds, boots
+    );
+    verdict(
+        "image build (warm)",
+        format!("{:.1} s", build.as_secs_f64()),
+        format!("≤ {} s", BUILD_TARGET.as_secs()),
+        build <= BUILD_TARGET,
+    );
+    sizes.print();
+    let own = sizes.own_bytes() as f64 / MIB;
+    verdict(
+        "OS's own part (agent, init, libraries, rest)",
+        format!("{own:.1} MiB"),
+        format!("≤ {OWN_TARGET_MIB} MiB"),
+        own <= OWN_TARGET_MIB,
+    );
+    verdict(
+        "boot to agent banner (TCG + OVMF)",
+        format!("{:.1} s", boot.as_secs_f64()),
+        format!("≤ {} s", BOOT_TARGET.as_secs()),
+        boot <= BOOT_TARGET,
+    );
+    match ready_line.as_deref().and_then(memory_of) {
+        Some(rss) => println!("  {:<46} {rss}", "agent memory at boot: ready"),
+        None => println!(
+            "  {:<46} not reported (no VmRSS in the `boot: ready` line)",
+            "agent memory at boot: ready"
+        ),
+    }
+    Ok(())
+}
+
+fn is_banner(line: &str) -> bool {
+    line.contains("node-agent ") && line.contains(" running as PID 1")
+}
+
+/// The memory figure of the agent's `boot: ready` line, from "rss"/"VmRSS" on.
+fn memory_of(line: &str) -> Option<String> {
+    let at = line.to_ascii_lowercase().find("rss")?;
+    let start = line[..at]
+        .rfind(|c: char| c.is_whitespace() || c == '(' || c == ',')
+        .map(|i| i + 1)
+        .unwrap_or(at);
+    Some(line[start..].trim_end_matches(')').to_string())
+}
+
+fn verdict(what: &str, value: String, target: String, pass: bool) {
+    println!(
+        "  {what:<46} {value:>10}   target {target:<10} {}",
+        if pass { "PASS" } else { "MISS" }
+    );
+}
+
+fn median(xs: &mut [Duration]) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+/// Where the bytes of an image go.
+struct Sizes {
+    esp_used: u64,
+    kernel: u64,
+    initrd: u64,
+    boot_loader: u64,
+    root_compressed: u64,
+    modules: u64,
+    payload: u64,
+    agent: u64,
+    init: u64,
+    libraries: u64,
+    rest: u64,
+}
+
+impl Sizes {
+    fn measure(raw: &Path, init_bin: &Path, scratch: &Path) -> Result<Sizes> {
+        let esp = disk::partition(raw, "ESP")?;
+        let root = disk::partition(raw, "ROOT-A")?;
+        let esp_used = esp.size() - tools::fat_free_bytes(raw, esp.offset())?;
+        let esp_file = |fat_path: &str| -> Result<u64> {
+            let dest = scratch.join("esp-file");
+            tools::mcopy_out(raw, esp.offset(), fat_path, &dest)?;
+            Ok(std::fs::metadata(&dest)?.len())
+        };
+        let (kernel, initrd, boot_loader) = (
+            esp_file("a/vmlinuz")?,
+            esp_file("a/initrd")?,
+            esp_file("EFI/BOOT/BOOTX64.EFI")?,
+        );
+        let root_compressed = tools::squashfs_bytes(raw, root.offset())?;
+        let entries = tools::squashfs_listing(raw, root.offset())?;
+        let init = std::fs::metadata(init_bin)
+            .with_context(|| format!("cannot stat {}", init_bin.display()))?
+            .len();
+        let mut s = Sizes {
+            esp_used,
+            kernel,
+            initrd,
+            boot_loader,
+            root_compressed,
+            modules: 0,
+            payload: 0,
+            agent: 0,
+            init,
+            libraries: 0,
+            rest: 0,
+        };
+        for e in entries.iter().filter(|e| e.kind == '-') {
+            *s.bucket(e) += e.size;
+        }
+        Ok(s)
+    }
+
+    fn bucket(&mut self, e: &SquashEntry) -> &mut u64 {
+        let p = e.path.as_str();
+        if p.starts_with("usr/lib/modules/") {
+            &mut self.modules
+        } else if p.starts_with("usr/bin/containerd") || p == "usr/bin/ctr" || p == "usr/sbin/runc"
+        {
+            &mut self.payload
+        } else if p == "usr/bin/node-agent" {
+            &mut self.agent
+        } else if p.starts_with("usr/lib/x86_64-linux-gnu/") || p.starts_with("usr/lib64/") {
+            &mut self.libraries
+        } else {
+            &mut self.rest
+        }
+    }
+
+    /// Ours: everything but the kernel's modules and the container runtime.
+    fn own_bytes(&self) -> u64 {
+        self.agent + self.init + self.libraries + self.rest
+    }
+
+    fn print(&self) {
+        let row =
+            |what: &str, bytes: u64| println!("  {what:<46} {:>10.2} MiB", bytes as f64 / MIB);
+        row("ESP used", self.esp_used);
+        row("  kernel (a/vmlinuz)", self.kernel);
+        row("  initrd (a/initrd)", self.initrd);
+        row("  systemd-boot", self.boot_loader);
+        row("root squashfs (compressed)", self.root_compressed);
+        row("  modules (uncompressed)", self.modules);
+        row("  containerd + runc (uncompressed)", self.payload);
+        row("  node-agent", self.agent);
+        row("  libraries (glibc, libseccomp)", self.libraries);
+        row("  everything else in the root", self.rest);
+        row("caisson-init (in the initrd)", self.init);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_agents_memory_figure() {
+        assert_eq!(
+            memory_of("node-agent: boot: ready in 1.2 s (VmRSS 3120 kB)").as_deref(),
+            Some("VmRSS 3120 kB")
+        );
+        assert_eq!(
+            memory_of("boot: ready after 3 s, rss=4.1 MiB").as_deref(),
+            Some("rss=4.1 MiB")
+        );
+        assert_eq!(memory_of("boot: ready"), None);
+    }
+}

@@ -1,0 +1,116 @@
+//! `cargo xtask test`: build the image, then run every test of the workspace
+//! (unit tests and the QEMU tests) against it.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use qemu_tests::env as test_env;
+
+use crate::deps;
+use crate::workspace::{describe, Workspace};
+
+/// Two VMs at a time: one per core, 1 GiB each.
+const TEST_THREADS: &str = "--test-threads=2";
+
+pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    deps::ensure(&[deps::FETCH, deps::IMAGE, deps::TEST])?;
+    let out = ws.target_dir.join("caisson-test/image");
+    let prepared = crate::image::prepare(ws, &out)?;
+
+    let mut cmd = ws.cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast", "--", TEST_THREADS])
+        .args(test_args)
+        .env(test_env::TEST_IMAGE, &prepared.image.raw)
+        .env(test_env::ARTIFACTS_DIR, ws.artifacts_dir())
+        .env(test_env::LOCK, ws.lock_file())
+        .env(test_env::INIT_BIN, &prepared.programs.init)
+        .env(test_env::AGENT_BIN, &prepared.programs.agent)
+        .env(test_env::BUILDER_BIN, &prepared.builder)
+        .env(test_env::SPEC, &prepared.spec)
+        .env(test_env::WORK_DIR, ws.target_dir.join("qemu-tests"))
+        .stdout(Stdio::piped());
+    println!("xtask: {}", describe(&cmd));
+    let mut child = cmd.spawn().context("cannot start cargo test")?;
+    let mut tally = Tally::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            tally.add(&line);
+        }
+    }
+    let status = child.wait()?;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    println!();
+    println!(
+        "xtask test: {} test binaries, {:.1} min in all",
+        tally.binaries, minutes
+    );
+    println!(
+        "caisson: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    if !status.success() || tally.failed > 0 {
+        bail!("tests failed (cargo test: {status})");
+    }
+    if tally.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums libtest's "test result:" lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    binaries: u32,
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+}
+
+impl Tally {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        self.binaries += 1;
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u32>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_libtest_result_lines() {
+        let mut t = Tally::default();
+        t.add("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 41.20s");
+        t.add("running 5 tests");
+        assert_eq!(
+            t,
+            Tally {
+                binaries: 2,
+                passed: 15,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
+}

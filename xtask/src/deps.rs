@@ -28,6 +28,12 @@ pub enum Need {
     Unsquashfs,
     SystemdDissect,
     Mtools,
+    /// The API tests talk to the server with curl: a client nobody here wrote.
+    Curl,
+    /// caisson-net's tests build network namespaces and veth pairs.
+    Ip,
+    /// caisson-net's DHCP test leases from dnsmasq.
+    Dnsmasq,
 }
 
 enum Check {
@@ -53,6 +59,9 @@ impl Need {
             Need::Unsquashfs => (Check::Command("unsquashfs"), "squashfs-tools"),
             Need::SystemdDissect => (Check::Command("systemd-dissect"), "systemd-container"),
             Need::Mtools => (Check::Command("mcopy"), "mtools"),
+            Need::Curl => (Check::Command("curl"), "curl"),
+            Need::Ip => (Check::Command("ip"), "iproute2"),
+            Need::Dnsmasq => (Check::Command("dnsmasq"), "dnsmasq-base"),
         }
     }
 }
@@ -76,6 +85,9 @@ pub const TEST: &[Need] = &[
     Need::Unsquashfs,
     Need::SystemdDissect,
     Need::Mtools,
+    Need::Curl,
+    Need::Ip,
+    Need::Dnsmasq,
 ];
 /// Size and boot measurements.
 pub const BENCH: &[Need] = &[

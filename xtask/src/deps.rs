@@ -114,8 +114,11 @@ fn satisfied(check: &Check) -> bool {
 }
 
 pub fn find_command(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // mke2fs, sgdisk, dnsmasq live in sbin, which a non-root PATH may lack.
+    let sbin = ["/usr/sbin", "/sbin"].map(PathBuf::from);
     std::env::split_paths(&path)
+        .chain(sbin)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }

@@ -8,20 +8,27 @@
 //!
 //! A failing phase is logged and boot goes on: a node without DATA still
 //! runs its agent, so it can be reached and repaired.
+//!
+//! [`boot`] runs the system phases (synchronous system calls); [`configure`]
+//! then runs `config`, `network` and `api`, which need the async runtime.
 
 use std::error::Error;
 use std::fmt::Display;
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caisson_layout::cmdline::KEY_SLOT;
 use caisson_layout::paths::OS_RELEASE;
 use caisson_layout::{KernelCmdline, Slot};
+use tokio::sync::mpsc;
 use tracing::{error, info};
 
+use crate::api::{self, Facts, Node, Paths, RealHost};
 use crate::coldplug::{self, KernelModules};
 use crate::identity::{self, MachineId, MachineIdSource};
-use crate::{cgroup, etc, mounts};
+use crate::{cgroup, etc, mounts, network, power};
 
 type PhaseResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -52,6 +59,26 @@ pub fn run_phase<T, E: Display>(name: &str, phase: impl FnOnce() -> Result<T, E>
     }
 }
 
+/// The async twin of [`run_phase`].
+pub async fn run_phase_async<T, E: Display>(
+    name: &str,
+    phase: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let started = Instant::now();
+    let result = phase.await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(value) => {
+            info!("{}", phase_line(name, elapsed, None));
+            Some(value)
+        }
+        Err(e) => {
+            error!("{}", phase_line(name, elapsed, Some(&e)));
+            None
+        }
+    }
+}
+
 /// What boot produced that the running agent keeps using.
 pub struct Booted {
     pub machine_id: Option<MachineId>,
@@ -59,6 +86,8 @@ pub struct Booted {
     /// The module loader, for modules wanted later (filesystems, netfilter
     /// for k3s); `None` if coldplug could not read the module index.
     pub modules: Option<KernelModules>,
+    /// STATE is mounted: the config store and audit log are usable.
+    pub state_mounted: bool,
 }
 
 /// The phases, in order.
@@ -66,9 +95,10 @@ pub fn boot() -> Booted {
     let machine_id = run_phase("pseudo-filesystems", pseudo_filesystems);
     run_phase("cgroup2", cgroup2);
     let modules = run_phase("coldplug", coldplug);
-    run_phase("state", || {
+    let state_mounted = run_phase("state", || {
         mounts::mount_state().map(|m| info!("state: mounted {m}"))
-    });
+    })
+    .is_some();
     run_phase("data", || {
         mounts::mount_data().map(|m| info!("data: mounted {m}"))
     });
@@ -77,7 +107,39 @@ pub fn boot() -> Booted {
         machine_id,
         hostname,
         modules,
+        state_mounted,
     }
+}
+
+/// The phases after [`boot`]: `config` (find the machine config, apply
+/// host name, sysctls and modules), `network`, `api`. Returns the node the
+/// API serves; it lives as long as the agent.
+pub async fn configure(
+    booted: Booted,
+    cmdline: &KernelCmdline,
+    power: mpsc::Sender<power::Request>,
+) -> Arc<Node> {
+    let facts = Facts {
+        image_version: image_version(),
+        slot: slot(cmdline).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|_| "unknown".to_string()),
+        default_hostname: booted.hostname.unwrap_or_else(|| "caisson".to_string()),
+    };
+    let network = network::backend(network::ip_arg(cmdline));
+    let node = Node::new(
+        facts,
+        Paths::default(),
+        network,
+        Box::new(RealHost),
+        booted.modules,
+        power,
+    );
+    run_phase_async("config", node.load_boot_config(booted.state_mounted)).await;
+    run_phase_async("network", node.bring_up_network()).await;
+    run_phase_async("api", api::listener::start(node.clone())).await;
+    node
 }
 
 fn pseudo_filesystems() -> PhaseResult<MachineId> {
@@ -114,7 +176,7 @@ fn hostname(machine_id: Option<&MachineId>) -> PhaseResult<String> {
     let id = machine_id.ok_or("no machine-id: phase pseudo-filesystems failed")?;
     let name = identity::default_hostname(id);
     nix::unistd::sethostname(&name).map_err(|e| format!("sethostname({name}): {e}"))?;
-    etc::write_hostname(Path::new("/etc"), &name)?;
+    etc::write_hostname(Path::new("/etc"), &name, &[])?;
     info!("hostname: {name} (no machine config yet: derived from the machine-id)");
     Ok(name)
 }

@@ -3,12 +3,13 @@
 //! machine config say.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::identity::{hosts_file, MachineId};
+use crate::identity::MachineId;
 
 #[derive(Debug, Error)]
 #[error("write {path}: {source}")]
@@ -28,10 +29,16 @@ pub fn populate(etc: &Path, machine_id: &MachineId) -> Result<(), EtcError> {
     write(etc, "resolv.conf", "", 0o644)
 }
 
-/// /etc/hostname and /etc/hosts for `hostname`.
-pub fn write_hostname(etc: &Path, hostname: &str) -> Result<(), EtcError> {
+/// /etc/hostname and /etc/hosts for `hostname`, plus the config's extra
+/// host entries.
+pub fn write_hostname(
+    etc: &Path,
+    hostname: &str,
+    extra_hosts: &[(IpAddr, Vec<String>)],
+) -> Result<(), EtcError> {
     write(etc, "hostname", &format!("{hostname}\n"), 0o644)?;
-    write(etc, "hosts", &hosts_file(hostname), 0o644)
+    let hosts = caisson_net::render::hosts(hostname, extra_hosts);
+    write(etc, "hosts", &hosts, 0o644)
 }
 
 fn link(etc: &Path, name: &str, target: &str) -> Result<(), EtcError> {
@@ -64,12 +71,16 @@ mod tests {
         populate(dir.path(), &id).unwrap();
         // Running twice (agent restarted in place) must work too.
         populate(dir.path(), &id).unwrap();
-        write_hostname(dir.path(), "caisson-0000abcd").unwrap();
+        write_hostname(dir.path(), "caisson-0000abcd", &[]).unwrap();
         let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
         assert_eq!(read("machine-id"), format!("{id}\n"));
         assert_eq!(read("resolv.conf"), "");
         assert_eq!(read("hostname"), "caisson-0000abcd\n");
         assert!(read("hosts").contains("127.0.1.1\tcaisson-0000abcd\n"));
+        assert!(read("hosts").contains("127.0.0.1\tlocalhost\n"));
+        let extra = [("10.0.0.9".parse().unwrap(), vec!["registry".to_string()])];
+        write_hostname(dir.path(), "node-1", &extra).unwrap();
+        assert!(read("hosts").contains("10.0.0.9\tregistry\n"));
         assert_eq!(
             std::fs::read_link(dir.path().join("os-release")).unwrap(),
             PathBuf::from("../usr/lib/os-release")

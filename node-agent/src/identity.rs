@@ -87,11 +87,6 @@ pub fn default_hostname(id: &MachineId) -> String {
     format!("caisson-{}", hex.get(..8).unwrap_or(&hex))
 }
 
-/// /etc/hosts for a node whose only names are its own.
-pub fn hosts_file(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,13 +132,5 @@ mod tests {
         let id = MachineId("0123456789abcdef0123456789abcdef".into());
         // sha256("0123456789abcdef0123456789abcdef") = 3eb1bd43…
         assert_eq!(default_hostname(&id), "caisson-3eb1bd43");
-    }
-
-    #[test]
-    fn hosts_names_localhost_and_the_node() {
-        assert_eq!(
-            hosts_file("caisson-1234abcd"),
-            "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tcaisson-1234abcd\n"
-        );
     }
 }

@@ -12,13 +12,20 @@
         clippy::indexing_slicing
     )
 )]
+pub mod api;
 pub mod boot;
 pub mod cgroup;
 pub mod coldplug;
+pub mod config;
 pub mod etc;
+pub mod health;
 pub mod identity;
 pub mod input;
 pub mod logging;
+pub mod logs;
 pub mod mounts;
+pub mod network;
 pub mod power;
 pub mod reaper;
+pub mod reset;
+pub mod store;

@@ -8,20 +8,21 @@
 //! lines, shutdown lines) is what tests grep for.
 
 use std::fmt;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use nix::time::{clock_gettime, ClockId};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Install the console subscriber. Safe to call once; a second call is a no-op
 /// (the global default can only be set once).
 pub fn init(max_level: LevelFilter) {
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(ConsoleAndRing)
         .with_ansi(false)
         .with_max_level(max_level)
         .event_format(ConsoleFormat)
@@ -58,6 +59,32 @@ pub fn since_boot() -> Duration {
 /// `[   3.123]`: seconds right-aligned in four columns, then milliseconds.
 pub fn uptime_stamp(t: Duration) -> String {
     format!("[{:>4}.{:03}]", t.as_secs(), t.subsec_millis())
+}
+
+/// Each event is formatted into one buffer and written with one call, so
+/// each write here is whole lines.
+struct ConsoleAndRing;
+
+impl<'a> MakeWriter<'a> for ConsoleAndRing {
+    type Writer = Tee;
+    fn make_writer(&'a self) -> Tee {
+        Tee
+    }
+}
+
+struct Tee;
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // The console may be gone or full; the ring still gets the line.
+        let _ = io::stderr().write_all(buf);
+        crate::logs::agent_log().push(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
 }
 
 struct ConsoleFormat;

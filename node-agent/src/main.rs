@@ -62,7 +62,7 @@ fn main() {
         Err(e) => error!("/proc is not mounted and mounting it failed: {e}"),
     }
 
-    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| run(started))) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| run(started, &cmdline))) {
         let what = panic
             .downcast_ref::<&str>()
             .copied()
@@ -77,17 +77,17 @@ fn main() {
     reap_forever()
 }
 
-fn run(started: Instant) {
+fn run(started: Instant, cmdline: &KernelCmdline) {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(agent(started)),
+        Ok(runtime) => runtime.block_on(agent(started, cmdline)),
         Err(e) => error!("node-agent: cannot start the async runtime: {e}"),
     }
 }
 
-async fn agent(started: Instant) {
+async fn agent(started: Instant, cmdline: &KernelCmdline) {
     let reaper = Arc::new(Reaper::new());
     match signal(SignalKind::child()) {
         Ok(sigchld) => {
@@ -98,14 +98,16 @@ async fn agent(started: Instant) {
             error!("reaper: cannot listen for SIGCHLD: {e}; zombies are reaped only at shutdown")
         }
     }
-    // Shutdown requests from signals, the power button and (later) the API.
+    // Shutdown requests from signals, the power button and the API.
     let (requests, mut incoming) = mpsc::channel(8);
     if let Err(e) = power::forward_signals(requests.clone()) {
         error!("cannot listen for SIGTERM/SIGPWR/SIGINT: {e}");
     }
     power::disable_ctrl_alt_del();
 
-    let _booted = boot::boot();
+    let booted = boot::boot();
+    // Kept for the agent's lifetime: the API serves it.
+    let _node = boot::configure(booted, cmdline, requests.clone()).await;
     boot::log_ready(started);
     tokio::spawn(input::watch_power_buttons(requests.clone()));
 

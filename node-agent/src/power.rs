@@ -2,7 +2,7 @@
 //!
 //! Requests come from the power button ([`crate::input`]), from signals
 //! (SIGTERM and SIGPWR power off; Ctrl-Alt-Del, which the kernel turns into
-//! SIGINT for PID 1, reboots) and later from the API. The first request
+//! SIGINT for PID 1, reboots) and from the API (reboot, shutdown, reset). The first request
 //! runs the shutdown [`PLAN`]: its steps are data, so later work inserts
 //! "stop services in reverse dependency order" as its own step before the
 //! kill-all without touching the rest.
@@ -43,6 +43,8 @@ pub enum ShutdownReason {
     Sigterm,
     Sigpwr,
     CtrlAltDel,
+    /// `POST /v1/reboot`, `/v1/shutdown`, `/v1/reset` or `apply --mode reboot`.
+    Api,
 }
 
 impl fmt::Display for ShutdownReason {
@@ -52,6 +54,7 @@ impl fmt::Display for ShutdownReason {
             ShutdownReason::Sigterm => "SIGTERM",
             ShutdownReason::Sigpwr => "SIGPWR",
             ShutdownReason::CtrlAltDel => "Ctrl-Alt-Del",
+            ShutdownReason::Api => "the API",
         })
     }
 }
@@ -128,6 +131,26 @@ pub fn forward_signals(requests: mpsc::Sender<Request>) -> std::io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// How long an API call's shutdown waits, so the HTTP response (and its
+/// audit line) goes out first.
+pub const API_GRACE: Duration = Duration::from_millis(500);
+
+/// Ask for `action` on behalf of the API, [`API_GRACE`] from now. Needs the
+/// tokio runtime.
+pub fn request_from_api(requests: &mpsc::Sender<Request>, action: ShutdownAction) {
+    let requests = requests.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(API_GRACE).await;
+        let request = Request {
+            action,
+            reason: ShutdownReason::Api,
+        };
+        if requests.send(request).await.is_err() {
+            error!("shutdown: {request}, but the shutdown path is gone");
+        }
+    });
 }
 
 /// Make Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
@@ -261,6 +284,11 @@ mod tests {
             reason: ShutdownReason::Sigpwr,
         };
         assert_eq!(r.to_string(), "power-off requested by SIGPWR");
+        let r = Request {
+            action: ShutdownAction::Reboot,
+            reason: ShutdownReason::Api,
+        };
+        assert_eq!(r.to_string(), "reboot requested by the API");
     }
 
     #[test]

@@ -1,0 +1,590 @@
+//! The node API, agent side: [`Node`] holds what the agent knows and
+//! implements [`caisson_api::NodeOps`]; [`listener`] runs the HTTPS server
+//! and restarts it when the mode, the config's `[api]`, the host name or
+//! the addresses change; [`certs`] makes its TLS configuration; [`apply`]
+//! is the config apply flow (validate, diff, persist, apply live, report).
+
+pub mod apply;
+pub mod certs;
+pub mod listener;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use caisson_api::audit::AuditLog;
+use caisson_api::server::LogLines;
+use caisson_api::types::{ApplyRequest, ApplyResponse, Health, ServiceStatus, VersionInfo};
+use caisson_api::{ApiError, Mode, NodeOps};
+use caisson_config::MachineConfig;
+use caisson_layout::paths::{DATA_MOUNT, STATE_MOUNT};
+use tokio::sync::{mpsc, Notify};
+use tracing::{error, info, warn};
+
+use crate::coldplug::KernelModules;
+use crate::config::source::{self, BootConfig, Source};
+use crate::config::tryout::TryWindow;
+use crate::config::{plan, sysctl, ApplyPlan, LiveStep};
+use crate::network::NetworkBackend;
+use crate::power::{self, ShutdownAction, ShutdownReason};
+use crate::store::ConfigStore;
+use crate::{etc, health, logs, mounts, reset};
+
+/// Facts about this boot that never change while it runs.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub image_version: String,
+    pub slot: String,
+    pub kernel: String,
+    /// Used when the config names no host name.
+    pub default_hostname: String,
+}
+
+/// Where the agent reads and writes; tests may point them elsewhere.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state: PathBuf,
+    pub var: PathBuf,
+    pub etc: PathBuf,
+    pub proc_sys: PathBuf,
+    pub embedded_config: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            state: PathBuf::from(STATE_MOUNT),
+            var: PathBuf::from(DATA_MOUNT),
+            etc: PathBuf::from("/etc"),
+            proc_sys: PathBuf::from(sysctl::PROC_SYS),
+            embedded_config: PathBuf::from(source::EMBEDDED_CONFIG),
+        }
+    }
+}
+
+/// The two things the agent does to the machine that a test cannot:
+/// set the kernel's host name and ask what is mounted.
+pub trait Host: Send + Sync + 'static {
+    fn set_hostname(&self, name: &str) -> Result<(), String>;
+    fn is_mounted(&self, path: &Path) -> bool;
+}
+
+/// The real machine.
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn set_hostname(&self, name: &str) -> Result<(), String> {
+        nix::unistd::sethostname(name).map_err(|e| format!("sethostname({name}): {e}"))
+    }
+
+    fn is_mounted(&self, path: &Path) -> bool {
+        mounts::current_mounts()
+            .map(|table| mounts::mountinfo::is_mount_point(&table, path))
+            .unwrap_or(false)
+    }
+}
+
+/// The config the node runs.
+#[derive(Debug, Clone)]
+pub struct Active {
+    pub config: Arc<MachineConfig>,
+    pub text: Arc<str>,
+    pub source: Source,
+}
+
+/// For health and the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigState {
+    /// Running a config; `errors` are settings that failed at boot.
+    Applied { source: String, errors: Vec<String> },
+    /// Waiting for one; `why` is "no machine config" or what was wrong.
+    Maintenance { why: String },
+}
+
+/// What quick, synchronous reads need (version, health, config get).
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub mode: Mode,
+    pub hostname: String,
+    pub config: ConfigState,
+    pub redacted: Option<String>,
+    pub api: Option<caisson_config::Api>,
+    /// How the API serves, while it does.
+    pub serving: Option<String>,
+}
+
+/// Guarded by an async lock: one apply, confirm or revert at a time.
+pub(crate) struct Running {
+    pub current: Option<Active>,
+    pub tryout: TryWindow<Active>,
+}
+
+pub struct Node {
+    pub facts: Facts,
+    pub paths: Paths,
+    pub(crate) store: ConfigStore,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) network: Arc<dyn NetworkBackend>,
+    host: Box<dyn Host>,
+    modules: Mutex<Option<KernelModules>>,
+    power: mpsc::Sender<power::Request>,
+    pub(crate) running: tokio::sync::Mutex<Running>,
+    status: Mutex<Status>,
+    /// Wakes the listener to re-issue its certificate and restart.
+    pub(crate) api_restart: Notify,
+    resetting: AtomicBool,
+    pub(crate) me: Weak<Node>,
+}
+
+impl Node {
+    pub fn new(
+        facts: Facts,
+        paths: Paths,
+        network: Arc<dyn NetworkBackend>,
+        host: Box<dyn Host>,
+        modules: Option<KernelModules>,
+        power: mpsc::Sender<power::Request>,
+    ) -> Arc<Node> {
+        let status = Status {
+            mode: Mode::Maintenance,
+            hostname: facts.default_hostname.clone(),
+            config: ConfigState::Maintenance {
+                why: "no machine config".into(),
+            },
+            redacted: None,
+            api: None,
+            serving: None,
+        };
+        Arc::new_cyclic(|me| Node {
+            store: ConfigStore::new(&paths.state),
+            audit: Arc::new(AuditLog::new(paths.state.join(reset::AUDIT_LOG))),
+            facts,
+            paths,
+            network,
+            host,
+            modules: Mutex::new(modules),
+            power,
+            running: tokio::sync::Mutex::new(Running {
+                current: None,
+                tryout: TryWindow::default(),
+            }),
+            status: Mutex::new(status),
+            api_restart: Notify::new(),
+            resetting: AtomicBool::new(false),
+            me: me.clone(),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_serving(&self, serving: Option<String>) {
+        self.lock_status().serving = serving;
+    }
+
+    pub(crate) fn hostname_for(&self, config: &MachineConfig) -> String {
+        config
+            .machine
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.facts.default_hostname.clone())
+    }
+
+    /// Make `active` the running config in memory (None: maintenance mode
+    /// because `why`). A change of mode restarts the listener.
+    pub(crate) fn make_current(&self, running: &mut Running, active: Option<Active>, why: &str) {
+        let mut status = self.lock_status();
+        let mode = if active.is_some() {
+            Mode::Normal
+        } else {
+            Mode::Maintenance
+        };
+        let restart = status.mode != mode;
+        status.mode = mode;
+        match &active {
+            Some(a) => {
+                status.redacted = Some(caisson_config::redact::redacted_toml(&a.config));
+                status.api = Some(a.config.api.clone());
+                status.config = ConfigState::Applied {
+                    source: a.source.short().to_string(),
+                    errors: Vec::new(),
+                };
+            }
+            None => {
+                status.redacted = None;
+                status.api = None;
+                status.config = ConfigState::Maintenance {
+                    why: why.to_string(),
+                };
+            }
+        }
+        drop(status);
+        running.current = active;
+        if restart {
+            self.api_restart.notify_one();
+        }
+    }
+
+    fn record_boot_errors(&self, errors: Vec<String>) {
+        if let ConfigState::Applied { errors: e, .. } = &mut self.lock_status().config {
+            *e = errors;
+        }
+    }
+
+    /// Phase `config`: find the boot config, apply what is not network or
+    /// API (those have their own phases). Err: the phase failed.
+    pub async fn load_boot_config(&self, state_mounted: bool) -> Result<String, String> {
+        if state_mounted {
+            match self.store.clean_temp_files() {
+                Ok(removed) if !removed.is_empty() => {
+                    warn!(
+                        "config: removed temporary files an interrupted write left: {}",
+                        removed.join(", ")
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => warn!("config: {e}"),
+            }
+        } else {
+            warn!("config: STATE is not mounted; looking only at the image's config");
+        }
+        let store = state_mounted.then_some(&self.store);
+        let mut running = self.running.lock().await;
+        match source::find(store, &self.paths.embedded_config) {
+            BootConfig::Found {
+                source,
+                config,
+                text,
+            } => {
+                info!("config: using the machine config from {source}");
+                let config: Arc<MachineConfig> = Arc::from(config);
+                let active = Active {
+                    config: config.clone(),
+                    text: Arc::from(text),
+                    source: source.clone(),
+                };
+                self.make_current(&mut running, Some(active), "");
+                drop(running);
+                let p = plan(None, &config);
+                for r in &p.needs_reboot {
+                    warn!("config: {r}");
+                }
+                for n in &p.notes {
+                    info!("config: {n}");
+                }
+                let mut errors = Vec::new();
+                for step in p
+                    .live
+                    .iter()
+                    .filter(|s| !matches!(s, LiveStep::Network | LiveStep::Api))
+                {
+                    match self.run_step(step, &config).await {
+                        Ok(lines) => lines.iter().for_each(|l| info!("config: {l}")),
+                        Err(e) => {
+                            error!("config: {e}");
+                            errors.push(e);
+                        }
+                    }
+                }
+                let failed = errors.len();
+                self.record_boot_errors(errors);
+                match failed {
+                    0 => Ok(format!("applied from {}", source.short())),
+                    n => Err(format!(
+                        "{n} setting(s) of the config from {} failed (see above)",
+                        source.short()
+                    )),
+                }
+            }
+            BootConfig::Invalid { source, errors } => {
+                error!("config: invalid machine config from {source}; the node stays in maintenance mode:");
+                for e in errors.iter() {
+                    error!("config:   {e}");
+                }
+                let why = format!("invalid machine config from {}", source.short());
+                self.make_current(&mut running, None, &why);
+                Err(why)
+            }
+            BootConfig::Unreadable { source, error } => {
+                error!("config: cannot read the machine config from {source}: {error}; the node stays in maintenance mode");
+                let why = format!("unreadable machine config from {}", source.short());
+                self.make_current(&mut running, None, &why);
+                Err(why)
+            }
+            BootConfig::None => {
+                info!(
+                    "config: no machine config on STATE or in the image ({}): maintenance mode",
+                    self.paths.embedded_config.display()
+                );
+                self.make_current(&mut running, None, "no machine config");
+                Ok("none: maintenance mode".into())
+            }
+        }
+    }
+
+    /// Phase `network`.
+    pub async fn bring_up_network(&self) -> Result<(), String> {
+        let config = self
+            .running
+            .lock()
+            .await
+            .current
+            .as_ref()
+            .map(|a| a.config.clone());
+        let report = self
+            .network
+            .apply(config.as_ref().map(|c| &c.network))
+            .await
+            .map_err(|e| e.to_string())?;
+        for line in report.lines {
+            info!("network: {line}");
+        }
+        Ok(())
+    }
+
+    /// Refuse a config the kernel cannot take, before anything changes.
+    pub(crate) fn preflight(&self, plan: &ApplyPlan) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for step in &plan.live {
+            match step {
+                LiveStep::Sysctls(keys) => {
+                    for k in keys {
+                        if let Err(e) = sysctl::check_exists(&self.paths.proc_sys, k) {
+                            problems.push(e.to_string());
+                        }
+                    }
+                }
+                LiveStep::Modules(names) => {
+                    let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(m) = modules.as_ref() {
+                        for n in names.iter().filter(|n| !m.loader.index().contains(n)) {
+                            problems.push(format!(
+                                "kernel.modules: no module named {n:?} in this image"
+                            ));
+                        }
+                    }
+                }
+                LiveStep::Hostname | LiveStep::Network | LiveStep::Api => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Carry out one live step; its lines, or an error naming the key.
+    pub(crate) async fn run_step(
+        &self,
+        step: &LiveStep,
+        new: &MachineConfig,
+    ) -> Result<Vec<String>, String> {
+        let hostname = self.hostname_for(new);
+        let said = || ApplyPlan::describe(step, new, &hostname);
+        match step {
+            LiveStep::Hostname => {
+                self.set_hostname(&hostname, new)?;
+                Ok(said())
+            }
+            LiveStep::Sysctls(keys) => {
+                for k in keys {
+                    let value = new
+                        .kernel
+                        .sysctls
+                        .get(k)
+                        .map(|v| v.render())
+                        .unwrap_or_default();
+                    sysctl::write(&self.paths.proc_sys, k, &value).map_err(|e| e.to_string())?;
+                }
+                Ok(said())
+            }
+            LiveStep::Modules(names) => {
+                self.load_modules(names)?;
+                Ok(said())
+            }
+            LiveStep::Network => {
+                let report = self
+                    .network
+                    .apply(Some(&new.network))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(report
+                    .lines
+                    .into_iter()
+                    .map(|l| format!("network: {l}"))
+                    .collect())
+            }
+            LiveStep::Api => {
+                self.api_restart.notify_one();
+                Ok(said())
+            }
+        }
+    }
+
+    fn set_hostname(&self, name: &str, config: &MachineConfig) -> Result<(), String> {
+        self.host
+            .set_hostname(name)
+            .map_err(|e| format!("machine.hostname: {e}"))?;
+        let extra: Vec<(IpAddr, Vec<String>)> = config
+            .network
+            .hosts
+            .iter()
+            .map(|h| (h.ip, h.names.clone()))
+            .collect();
+        etc::write_hostname(&self.paths.etc, name, &extra)
+            .map_err(|e| format!("machine.hostname: {e}"))?;
+        self.lock_status().hostname = name.to_string();
+        Ok(())
+    }
+
+    fn load_modules(&self, names: &[String]) -> Result<(), String> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let m = modules.as_mut().ok_or(
+            "kernel.modules: the module index could not be read at boot (see phase coldplug)",
+        )?;
+        for n in names {
+            m.loader
+                .load_with_deps(n)
+                .map_err(|e| format!("kernel.modules: {n}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn state_mounted(&self) -> bool {
+        self.host.is_mounted(&self.paths.state)
+    }
+
+    pub async fn health_now(&self) -> Health {
+        let status = self.status();
+        health::checks(
+            &status,
+            self.host.is_mounted(&self.paths.state),
+            self.host.is_mounted(&self.paths.var),
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| crate::boot::vm_rss_kb(&s)),
+        )
+    }
+
+    fn reset_now(&self) -> Result<(), ApiError> {
+        // Not while an apply holds the config.
+        let running = self.running.try_lock().map_err(|_| {
+            ApiError::Conflict("a config apply is in progress; reset afterwards".into())
+        })?;
+        if self.resetting.swap(true, Ordering::SeqCst) {
+            return Err(ApiError::Conflict("a reset is already under way".into()));
+        }
+        warn!(
+            "reset: wiping STATE (all but the audit log) and {}, then rebooting into maintenance mode",
+            self.paths.var.display()
+        );
+        let removed = reset::empty_dir(&self.paths.state, reset::KEEP_ON_STATE).map_err(|e| {
+            self.resetting.store(false, Ordering::SeqCst);
+            ApiError::Internal(e.to_string())
+        })?;
+        nix::unistd::sync();
+        drop(running);
+        info!("reset: removed {removed} entries from STATE");
+        let var = self.paths.var.clone();
+        let requests = self.power.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(power::API_GRACE).await;
+            match tokio::task::spawn_blocking(move || reset::empty_dir(&var, reset::KEEP_ON_DATA))
+                .await
+            {
+                Ok(Ok(n)) => info!("reset: removed {n} entries from /var"),
+                Ok(Err(e)) => error!("{e}; rebooting anyway"),
+                Err(e) => error!("reset: wiping /var: {e}; rebooting anyway"),
+            }
+            let request = power::Request {
+                action: ShutdownAction::Reboot,
+                reason: ShutdownReason::Api,
+            };
+            if requests.send(request).await.is_err() {
+                error!("reset: the shutdown path is gone; reboot the node by hand");
+            }
+        });
+        Ok(())
+    }
+
+    pub(crate) fn is_resetting(&self) -> bool {
+        self.resetting.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl NodeOps for Node {
+    fn version(&self) -> VersionInfo {
+        let status = self.status();
+        VersionInfo {
+            image_version: self.facts.image_version.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            slot: self.facts.slot.clone(),
+            kernel: self.facts.kernel.clone(),
+            hostname: status.hostname,
+            maintenance: status.mode == Mode::Maintenance,
+        }
+    }
+
+    async fn health(&self) -> Health {
+        self.health_now().await
+    }
+
+    fn config_redacted(&self) -> Option<String> {
+        self.status().redacted
+    }
+
+    async fn apply_config(&self, req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
+        self.apply(req).await
+    }
+
+    async fn confirm_config(&self) -> Result<(), ApiError> {
+        self.confirm().await
+    }
+
+    fn services(&self) -> Vec<ServiceStatus> {
+        // The supervisor (containerd, k3s) comes with a later issue.
+        Vec::new()
+    }
+
+    async fn restart_service(&self, name: &str) -> Result<(), ApiError> {
+        Err(ApiError::NotFound(format!(
+            "service {name:?} (this node runs no services yet)"
+        )))
+    }
+
+    fn logs(&self, source: &str, tail: usize, follow: bool) -> Result<LogLines, ApiError> {
+        match source {
+            "agent" if follow => Ok(logs::agent_log().follow(tail)),
+            "agent" => Ok(logs::agent_log().history(tail)),
+            "kernel" => logs::kmsg::stream(tail, follow)
+                .map_err(|e| ApiError::Internal(format!("reading {}: {e}", logs::kmsg::DEV_KMSG))),
+            other => Err(ApiError::NotFound(format!(
+                "log source {other:?} (sources: agent, kernel)"
+            ))),
+        }
+    }
+
+    fn reboot(&self) -> Result<(), ApiError> {
+        power::request_from_api(&self.power, ShutdownAction::Reboot);
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), ApiError> {
+        power::request_from_api(&self.power, ShutdownAction::PowerOff);
+        Ok(())
+    }
+
+    fn reset(&self) -> Result<(), ApiError> {
+        self.reset_now()
+    }
+}

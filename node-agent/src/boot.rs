@@ -127,6 +127,8 @@ pub async fn configure(
             .unwrap_or_else(|_| "unknown".to_string()),
         default_hostname: booted.hostname.unwrap_or_else(|| "caisson".to_string()),
     };
+    // Before the config's sysctls, which may override them.
+    network::set_kernel_defaults(Path::new(crate::config::sysctl::PROC_SYS));
     let network = network::backend(network::ip_arg(cmdline));
     let node = Node::new(
         facts,
@@ -136,6 +138,7 @@ pub async fn configure(
         booted.modules,
         power,
     );
+    tokio::spawn(node.clone().follow_network());
     run_phase_async("config", node.load_boot_config(booted.state_mounted)).await;
     run_phase_async("network", node.bring_up_network()).await;
     run_phase_async("api", api::listener::start(node.clone())).await;

@@ -106,44 +106,63 @@ fn event_devices(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Watch for power buttons until the agent stops; each press is sent to
-/// `requests` as a power-off request.
-pub async fn watch_power_buttons(requests: mpsc::Sender<Request>) {
-    // Device nodes already looked at, by path and inode: a node that is
-    // removed and created again is a new device and is looked at again.
-    let seen: Arc<Mutex<HashSet<(PathBuf, u64)>>> = Arc::default();
-    let mut interval = tokio::time::interval(RESCAN_INTERVAL);
-    loop {
+/// Device nodes already looked at, by path and inode: a node that is
+/// removed and created again is a new device and is looked at again.
+type Seen = Arc<Mutex<HashSet<(PathBuf, u64)>>>;
+
+/// Start watching for power buttons: the devices present now are opened
+/// before this returns, so a press from here on is never lost (evdev
+/// queues events from the moment a device is opened); a task then rescans
+/// every [`RESCAN_INTERVAL`] for new ones. Each press is sent to
+/// `requests` as a power-off request. Returns how many buttons are watched.
+pub fn arm_power_buttons(requests: mpsc::Sender<Request>) -> usize {
+    let seen: Seen = Arc::default();
+    let armed = scan(&seen, &requests);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(RESCAN_INTERVAL);
+        // The first tick is immediate, and that scan was just done.
         interval.tick().await;
-        for path in event_devices(Path::new(DEV_INPUT)) {
-            let Ok(inode) = std::fs::metadata(&path).map(|m| m.ino()) else {
-                continue;
-            };
-            let key = (path, inode);
-            if !seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone())
-            {
-                continue;
+        loop {
+            interval.tick().await;
+            scan(&seen, &requests);
+        }
+    });
+    armed
+}
+
+/// Opens the power buttons not seen before and spawns a reader for each.
+fn scan(seen: &Seen, requests: &mpsc::Sender<Request>) -> usize {
+    let mut armed = 0;
+    for path in event_devices(Path::new(DEV_INPUT)) {
+        let Ok(inode) = std::fs::metadata(&path).map(|m| m.ino()) else {
+            continue;
+        };
+        let key = (path, inode);
+        if !seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            continue;
+        }
+        let path = &key.0;
+        match open_power_button(path) {
+            Ok(Some(device)) => {
+                info!("input: watching {} for the power button", path.display());
+                armed += 1;
+                let (requests, seen) = (requests.clone(), seen.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = read_presses(device, &requests).await {
+                        warn!("input: {}: {e}; no longer watched", key.0.display());
+                    }
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                });
             }
-            let path = &key.0;
-            match open_power_button(path) {
-                Ok(Some(device)) => {
-                    info!("input: watching {} for the power button", path.display());
-                    let (requests, seen) = (requests.clone(), seen.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = read_presses(device, &requests).await {
-                            warn!("input: {}: {e}; no longer watched", key.0.display());
-                        }
-                        seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => debug!("input: {}: {e}", path.display()),
-            }
+            Ok(None) => {}
+            Err(e) => debug!("input: {}: {e}", path.display()),
         }
     }
+    armed
 }
 
 fn open_power_button(path: &Path) -> io::Result<Option<AsyncFd<File>>> {

@@ -12,10 +12,12 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use nix::time::{clock_gettime, ClockId};
+use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
 /// Install the console subscriber. Safe to call once; a second call is a no-op
@@ -26,10 +28,27 @@ pub fn init(max_level: LevelFilter) {
         .with_ansi(false)
         .with_max_level(max_level)
         .event_format(ConsoleFormat)
-        .finish();
+        .finish()
+        .with(targets(max_level));
     // Fails only if a subscriber is already set, in which case that one logs.
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
+
+/// The library crates' own INFO lines (caisson-net's "DHCP lease … bound")
+/// repeat what the agent logs with more detail: shown only at debug level.
+/// Their warnings always show.
+fn targets(max_level: LevelFilter) -> Targets {
+    let libraries = if max_level > LevelFilter::INFO {
+        max_level
+    } else {
+        max_level.min(LevelFilter::WARN)
+    };
+    Targets::new()
+        .with_default(max_level)
+        .with_target(NET_TARGET, libraries)
+}
+
+const NET_TARGET: &str = "caisson_net";
 
 /// The level asked for on the kernel command line with `caisson.log=`;
 /// INFO unless a known level is given.
@@ -105,8 +124,57 @@ where
         if level != Level::INFO {
             write!(writer, "{level}: ")?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if event.metadata().target().starts_with(NET_TARGET) {
+            // caisson-net names the link in a field: `network: eth0: …`.
+            let mut fields = NetFields::default();
+            event.record(&mut fields);
+            write!(writer, "{}", fields.line())?;
+        } else {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+        }
         writeln!(writer)
+    }
+}
+
+/// A caisson-net event's message, its `interface` field, and the rest.
+#[derive(Default)]
+struct NetFields {
+    message: String,
+    interface: Option<String>,
+    others: Vec<String>,
+}
+
+impl NetFields {
+    fn line(&self) -> String {
+        let mut line = String::from("network: ");
+        if let Some(link) = &self.interface {
+            line.push_str(link);
+            line.push_str(": ");
+        }
+        line.push_str(&self.message);
+        for other in &self.others {
+            line.push(' ');
+            line.push_str(other);
+        }
+        line
+    }
+}
+
+impl Visit for NetFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "interface" => self.interface = Some(format!("{value:?}")),
+            name => self.others.push(format!("{name}={value:?}")),
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            "interface" => self.interface = Some(value.to_string()),
+            name => self.others.push(format!("{name}={value}")),
+        }
     }
 }
 
@@ -126,6 +194,30 @@ mod tests {
         assert_eq!(level_from_cmdline(None), LevelFilter::INFO);
         assert_eq!(level_from_cmdline(Some("loud")), LevelFilter::INFO);
         assert_eq!(level_from_cmdline(Some("debug")), LevelFilter::DEBUG);
+    }
+
+    #[test]
+    fn library_info_lines_show_only_at_debug_level_and_warnings_always() {
+        let info = targets(LevelFilter::INFO);
+        assert!(!info.would_enable("caisson_net::dhcp::client", &Level::INFO));
+        assert!(info.would_enable("caisson_net::dhcp::client", &Level::WARN));
+        assert!(info.would_enable("node_agent::network", &Level::INFO));
+        let debug = targets(LevelFilter::DEBUG);
+        assert!(debug.would_enable("caisson_net::dhcp::client", &Level::INFO));
+        assert!(debug.would_enable("caisson_net::dhcp::client", &Level::DEBUG));
+    }
+
+    #[test]
+    fn caisson_net_events_read_like_the_agents_network_lines() {
+        let f = NetFields {
+            message: "rp_filter is 1: the kernel may drop DHCP offers".into(),
+            interface: Some("eth0".into()),
+            others: vec![],
+        };
+        assert_eq!(
+            f.line(),
+            "network: eth0: rp_filter is 1: the kernel may drop DHCP offers"
+        );
     }
 
     #[test]

@@ -106,10 +106,12 @@ async fn agent(started: Instant, cmdline: &KernelCmdline) {
     power::disable_ctrl_alt_del();
 
     let booted = boot::boot();
+    // Armed once coldplug has loaded `button` and `evdev`, and before
+    // `boot: ready`: a press from then on is queued and acted on after boot.
+    input::arm_power_buttons(requests.clone());
     // Kept for the agent's lifetime: the API serves it.
     let _node = boot::configure(booted, cmdline, requests.clone()).await;
     boot::log_ready(started);
-    tokio::spawn(input::watch_power_buttons(requests.clone()));
 
     // `requests` lives on in this scope, so the channel never closes.
     let Some(request) = incoming.recv().await else {

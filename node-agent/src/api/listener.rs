@@ -3,8 +3,10 @@
 //! The listener serves one mode with one certificate. The supervisor
 //! restarts it (new certificate, new router, maybe a new port) when the
 //! agent asks (a config apply: first config, `[api]` or host name changed)
-//! and when the node's addresses change, which it checks every
-//! [`ADDRESS_POLL`]. In maintenance mode address changes are ignored: the
+//! and when the node's addresses change, which it checks when the network
+//! backend reports a change (`Node::follow_network` wakes it: a DHCP lease
+//! bound or ended) and every [`ADDRESS_POLL`] besides (addresses the kernel
+//! expires, or someone else adds). In maintenance mode address changes are ignored: the
 //! throwaway certificate's fingerprint must stay what the console showed.
 //!
 //! A failure to serve (bind, certificate) is logged and retried every

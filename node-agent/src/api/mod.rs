@@ -188,12 +188,62 @@ impl Node {
         self.lock_status().serving = serving;
     }
 
+    /// The config's host name, else the one the network offers (DHCP,
+    /// `ip=`), else the default derived from the machine-id.
     pub(crate) fn hostname_for(&self, config: &MachineConfig) -> String {
         config
             .machine
             .hostname
             .clone()
-            .unwrap_or_else(|| self.facts.default_hostname.clone())
+            .unwrap_or_else(|| self.unconfigured_hostname().0)
+    }
+
+    /// The host name when the config names none, and where it comes from.
+    fn unconfigured_hostname(&self) -> (String, String) {
+        match self.network.learned().borrow().hostname.clone() {
+            Some(learned) => (learned.name, learned.from),
+            None => (
+                self.facts.default_hostname.clone(),
+                "derived from the machine-id".into(),
+            ),
+        }
+    }
+
+    /// Follow what the network learns on its own: the offered host name
+    /// (used when the config names none) and address changes (the API
+    /// looks at its certificate at once instead of at its next poll).
+    pub async fn follow_network(self: Arc<Self>) {
+        let mut learned = self.network.learned();
+        let mut hostname = learned.borrow_and_update().hostname.clone();
+        while learned.changed().await.is_ok() {
+            let now = learned.borrow_and_update().hostname.clone();
+            if now != hostname {
+                hostname = now;
+                self.adopt_offered_hostname().await;
+            }
+            self.api_restart.notify_one();
+        }
+    }
+
+    async fn adopt_offered_hostname(&self) {
+        // Under the config lock, so an apply cannot interleave.
+        let running = self.running.lock().await;
+        let config = running.current.as_ref().map(|a| a.config.clone());
+        if config
+            .as_ref()
+            .is_some_and(|c| c.machine.hostname.is_some())
+        {
+            return;
+        }
+        let (name, from) = self.unconfigured_hostname();
+        if name == self.status().hostname {
+            return;
+        }
+        let extra = config.as_deref().map(extra_hosts).unwrap_or_default();
+        match self.set_hostname_to(&name, &extra) {
+            Ok(()) => info!("hostname: {name} ({from})"),
+            Err(e) => warn!("hostname: {e}"),
+        }
     }
 
     /// Make `active` the running config in memory (None: maintenance mode
@@ -429,17 +479,13 @@ impl Node {
     }
 
     fn set_hostname(&self, name: &str, config: &MachineConfig) -> Result<(), String> {
-        self.host
-            .set_hostname(name)
-            .map_err(|e| format!("machine.hostname: {e}"))?;
-        let extra: Vec<(IpAddr, Vec<String>)> = config
-            .network
-            .hosts
-            .iter()
-            .map(|h| (h.ip, h.names.clone()))
-            .collect();
-        etc::write_hostname(&self.paths.etc, name, &extra)
-            .map_err(|e| format!("machine.hostname: {e}"))?;
+        self.set_hostname_to(name, &extra_hosts(config))
+            .map_err(|e| format!("machine.hostname: {e}"))
+    }
+
+    fn set_hostname_to(&self, name: &str, extra: &[(IpAddr, Vec<String>)]) -> Result<(), String> {
+        self.host.set_hostname(name)?;
+        etc::write_hostname(&self.paths.etc, name, extra).map_err(|e| e.to_string())?;
         self.lock_status().hostname = name.to_string();
         Ok(())
     }
@@ -517,6 +563,16 @@ impl Node {
     pub(crate) fn is_resetting(&self) -> bool {
         self.resetting.load(Ordering::SeqCst)
     }
+}
+
+/// The config's `network.hosts`, for /etc/hosts.
+fn extra_hosts(config: &MachineConfig) -> Vec<(IpAddr, Vec<String>)> {
+    config
+        .network
+        .hosts
+        .iter()
+        .map(|h| (h.ip, h.names.clone()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,13 +12,39 @@ use caisson_config::Network;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::network::{BoxFuture, NetworkBackend, NetworkError, NetworkReport};
+use tokio::sync::watch;
+
+use crate::network::{
+    BoxFuture, Learned, LearnedHostname, NetworkBackend, NetworkError, NetworkReport,
+};
 use crate::power::{Request, ShutdownAction, ShutdownReason};
 
 /// Fails for an interface named `bad0`, like a link that is not there.
-#[derive(Default)]
 struct FakeNet {
     applied: Mutex<Vec<Option<Network>>>,
+    learned: watch::Sender<Learned>,
+}
+
+impl Default for FakeNet {
+    fn default() -> FakeNet {
+        FakeNet {
+            applied: Mutex::default(),
+            learned: watch::channel(Learned::default()).0,
+        }
+    }
+}
+
+impl FakeNet {
+    /// As a DHCP lease that offers (or stops offering) a host name.
+    fn offer_hostname(&self, name: Option<&str>) {
+        self.learned.send_modify(|l| {
+            l.hostname = name.map(|n| LearnedHostname {
+                name: n.into(),
+                from: "the DHCP lease on eth0".into(),
+            });
+            l.generation += 1;
+        });
+    }
 }
 
 impl NetworkBackend for FakeNet {
@@ -46,6 +72,10 @@ impl NetworkBackend for FakeNet {
 
     fn addresses(&self) -> BoxFuture<'_, Result<Vec<IpAddr>, NetworkError>> {
         Box::pin(async { Ok(vec!["127.0.0.1".parse().unwrap()]) })
+    }
+
+    fn learned(&self) -> watch::Receiver<Learned> {
+        self.learned.subscribe()
     }
 }
 
@@ -475,4 +505,52 @@ async fn logs_services_and_reset() {
         .await
         .unwrap_err();
     assert!(matches!(e, ApiError::Conflict(_)));
+}
+
+/// Lets the spawned follower run until `hostname` reads `want`.
+async fn hostname_becomes(f: &Fixture, want: &str) {
+    for _ in 0..100 {
+        if f.node.status().hostname == want {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "host name {:?}, expected {want:?}",
+        f.node.status().hostname
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_offered_host_name_is_used_only_while_the_config_names_none() {
+    let f = Fixture::new(true);
+    tokio::spawn(f.node.clone().follow_network());
+    tokio::task::yield_now().await;
+
+    f.net.offer_hostname(Some("from-dhcp"));
+    hostname_becomes(&f, "from-dhcp").await;
+    assert_eq!(*f.hostname.lock().unwrap(), "from-dhcp");
+    assert_eq!(f.read("etc/hostname").as_deref(), Some("from-dhcp\n"));
+
+    f.apply(&config("node-1", ""), ApplyMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(f.node.status().hostname, "node-1");
+    f.net.offer_hostname(Some("other"));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(f.node.status().hostname, "node-1", "the config's name wins");
+
+    let unnamed = config("x", "").replace("hostname = \"x\"\n", "");
+    let r = f.apply(&unnamed, ApplyMode::Auto).await.unwrap();
+    assert!(
+        r.applied.contains(&"machine.hostname: other".to_string()),
+        "{:?}",
+        r.applied
+    );
+    assert_eq!(f.node.status().hostname, "other");
+
+    f.net.offer_hostname(None);
+    hostname_becomes(&f, "caisson-0000abcd").await;
 }

@@ -21,10 +21,12 @@ use crate::esp::{self, Content, EspError, EspInputs, EspPlan};
 use crate::ext4::{self, Ext4Error, Ext4Spec};
 use crate::initrd::{self, InitrdError, InitrdInput};
 use crate::lock::{self, Lock, LockError};
+use crate::machine_config::{MachineConfigError, MachineConfigFile};
 use crate::rootfs::RootBuilder;
 use crate::spec::{LoadedSpec, SpecError};
 use crate::squashfs::{self, SquashfsError};
 use crate::tree::{self, usr_merged, FsTree, Node, TreeError};
+use crate::verity::{self, SealError, SealedRoot};
 
 /// Inside the systemd-boot-efi package.
 pub const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -72,6 +74,8 @@ pub enum BuildError {
     Initrd(#[from] InitrdError),
     #[error(transparent)]
     Elf(#[from] ElfError),
+    #[error(transparent)]
+    MachineConfig(#[from] MachineConfigError),
     #[error("root tree: {0}")]
     Tree(#[from] TreeError),
     #[error(transparent)]
@@ -82,6 +86,15 @@ pub enum BuildError {
         size_mib: u64,
         capacity_mib: u64,
     },
+    #[error("the root image with its dm-verity hash area is {size} bytes ({squashfs} squashfs + {hash_area} hash area) but ROOT-A holds {capacity_mib} MiB; raise disk.root_mib")]
+    RootWithVerityTooBig {
+        size: u64,
+        squashfs: u64,
+        hash_area: u64,
+        capacity_mib: u64,
+    },
+    #[error(transparent)]
+    Verity(#[from] SealError),
     #[error(transparent)]
     Esp(#[from] EspError),
     #[error(transparent)]
@@ -104,6 +117,8 @@ pub struct BuildOptions {
     pub agent: Option<PathBuf>,
     pub artifacts_dir: Option<PathBuf>,
     pub lock: Option<PathBuf>,
+    /// A machine config to embed; overrides `[image] config`.
+    pub config: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH` from the environment; wins over the spec.
     pub source_date_epoch: Option<u64>,
 }
@@ -118,6 +133,8 @@ pub struct BuildReport {
     /// Bytes: bootloader, kernel, initrd.
     pub esp_files: BTreeMap<String, u64>,
     pub squashfs_size: u64,
+    /// dm-verity of ROOT-A: root hash, salt, hash offset, hash area size.
+    pub verity: SealedRoot,
     pub root_partition_size: u64,
     /// Uncompressed bytes in the root by component.
     pub root_components: BTreeMap<&'static str, u64>,
@@ -166,6 +183,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         .unwrap_or_else(|| loaded.resolve(&spec.programs.agent));
     check_program("init", &init, true)?;
     check_program("agent", &agent, false)?;
+    let machine_config = opts
+        .config
+        .clone()
+        .or_else(|| spec.image.config.as_ref().map(|c| loaded.resolve(c)))
+        .map(|path| MachineConfigFile::load(&path))
+        .transpose()?;
 
     let debs = steps.run("verify artifacts", || verify_artifacts(&loaded, opts))?;
     let deb = |name: &str| Deb::new(&debs[name]);
@@ -247,6 +270,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     steps.run("root tree", || {
         root.skeleton(&spec.image.name, &spec.image.version, &stage("os-release"))?;
         root.add_file("agent", paths::AGENT_PATH, &agent, 0o755)?;
+        if let Some(config) = &machine_config {
+            config.embed(&mut root, &stage("machine-config.toml"))?;
+        }
         let agent_name = paths::AGENT_PATH.trim_start_matches('/').to_string();
         root.elf_roots.push(ElfRoot {
             name: agent_name,
@@ -314,6 +340,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         }
         Ok(size)
     })?;
+    // The hash area follows the squashfs in the same file, so ROOT-A (and,
+    // later, an update bundle) carries data and tree as one image.
+    let sealed = steps.run("verity", || {
+        let sealed = verity::seal(&squashfs_file, &identity)?;
+        if sealed.image_size > root_part {
+            return Err(BuildError::RootWithVerityTooBig {
+                size: sealed.image_size,
+                squashfs: sealed.data_size,
+                hash_area: sealed.hash_area_size,
+                capacity_mib: root_part / MIB,
+            });
+        }
+        Ok(sealed)
+    })?;
 
     let root_a = plan
         .partition(PartitionRole::RootA)
@@ -322,6 +362,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let esp_plan = EspPlan::new(EspInputs {
         version: &spec.image.version,
         root_a_partuuid: root_a,
+        verity: caisson_layout::RootVerity::Verified(sealed.params.clone()),
         cmdline: &spec.kernel.cmdline,
         bootloader: Content::host_file(&bootloader)?,
         kernel: Content::host_file(&kernel.vmlinuz)?,
@@ -351,7 +392,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             esp::volume_id(&identity),
             epoch,
         )?;
-        disk.fill_from(PartitionRole::RootA, "root squashfs", &squashfs_file)?;
+        disk.fill_from(
+            PartitionRole::RootA,
+            "root squashfs with its dm-verity hash area",
+            &squashfs_file,
+        )?;
         for role in [PartitionRole::State, PartitionRole::Data] {
             let size = plan.partition(role).map(|p| p.size).unwrap_or(0);
             let fs = ext4::make(
@@ -379,6 +424,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         epoch,
         esp_files,
         squashfs_size,
+        verity: sealed,
         root_partition_size: root_part,
         root_components: root.components,
         closure: root.closure,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use caisson_layout::{BootEntry, CaissonParams, RootSpec, Slot};
+use caisson_layout::{BootEntry, CaissonParams, RootSpec, RootVerity, Slot};
 use fatfs::{
     Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
 };
@@ -75,6 +75,8 @@ impl Content {
 pub struct EspInputs<'a> {
     pub version: &'a str,
     pub root_a_partuuid: Uuid,
+    /// How slot A's root is verified; rendered onto its entry.
+    pub verity: RootVerity,
     pub cmdline: &'a [String],
     pub bootloader: Content,
     pub kernel: Content,
@@ -99,7 +101,7 @@ impl EspPlan {
             slot,
             root: RootSpec::PartUuid(inputs.root_a_partuuid),
             rootwait: caisson_layout::cmdline::DEFAULT_ROOTWAIT,
-            verity_root_hash: None,
+            verity: Some(inputs.verity),
         };
         let mut options = params.render();
         options.extend(inputs.cmdline.iter().cloned());
@@ -403,6 +405,11 @@ mod tests {
         EspPlan::new(EspInputs {
             version: "0.1.0",
             root_a_partuuid: Uuid::parse_str(ROOT_A).unwrap(),
+            verity: RootVerity::Verified(caisson_layout::VerityParams {
+                root_hash: "ab".repeat(32),
+                salt: "cd".repeat(32),
+                hash_offset: 58724352,
+            }),
             cmdline: &["console=ttyS0,115200".to_string()],
             bootloader: Content::Bytes(b"MZ-efi".to_vec()),
             kernel: Content::Bytes(b"kernel".to_vec()),
@@ -430,7 +437,10 @@ mod tests {
         let entry = String::from_utf8(entry.clone()).unwrap();
         assert!(
             entry.contains(&format!(
-                "options caisson.slot=a caisson.root=PARTUUID={ROOT_A} console=ttyS0,115200\n"
+                "options caisson.slot=a caisson.root=PARTUUID={ROOT_A} caisson.verity={} \
+                 caisson.verity.salt={} caisson.verity.hashoffset=58724352 console=ttyS0,115200\n",
+                "ab".repeat(32),
+                "cd".repeat(32)
             )),
             "{entry}"
         );

@@ -41,6 +41,10 @@ enum Command {
         /// The lock file (overrides [artifacts] lock).
         #[arg(long)]
         lock: Option<PathBuf>,
+        /// A machine config to embed at /usr/lib/caisson/config.toml
+        /// (overrides [image] config); validated first.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -72,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
         agent,
         artifacts,
         lock,
+        config,
     } = cli.command;
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => Some(
@@ -89,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
         agent,
         artifacts_dir: artifacts,
         lock,
+        config,
         source_date_epoch,
     };
     let report = build(&opts).with_context(|| format!("building {}", opts.spec.display()))?;
@@ -116,6 +122,12 @@ fn print_report(r: &BuildReport, secs: f64) {
         mib(r.squashfs_size),
         mib(r.root_partition_size),
         100.0 * r.squashfs_size as f64 / r.root_partition_size.max(1) as f64
+    );
+    eprintln!(
+        "  ROOT-A dm-verity hash area {} at offset {} (root hash {})",
+        mib(r.verity.hash_area_size),
+        r.verity.params.hash_offset,
+        r.verity.params.root_hash
     );
     for (component, size) in &r.root_components {
         eprintln!("  root   {component:<40} {} uncompressed", mib(*size));

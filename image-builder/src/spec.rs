@@ -54,6 +54,10 @@ pub struct ImageSection {
     pub version: String,
     /// Every timestamp in the image; `SOURCE_DATE_EPOCH` overrides it.
     pub source_date_epoch: u64,
+    /// A machine config to embed (relative to the spec file); `--config`
+    /// overrides it.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
 }
 
 /// Paths are relative to the spec file.

@@ -6,6 +6,7 @@ mod support;
 use image_builder::build::BuildError;
 use image_builder::elf::ElfError;
 use image_builder::lock::{Lock, LockError};
+use image_builder::machine_config::MachineConfigError;
 use image_builder::spec::SpecError;
 use support::{lock_path, Fixture};
 
@@ -166,5 +167,78 @@ fn payload_file_absent_from_its_package_is_named() {
         msg.contains("\"runc\"") && msg.contains("usr/sbin/nope"),
         "{msg}"
     );
+    f.assert_no_output();
+}
+
+/// The machine-configs example with `edit` applied.
+fn machine_config(edit: impl FnOnce(String) -> String) -> String {
+    let example = support::workspace().join("machine-configs/single-node-dhcp.toml");
+    edit(std::fs::read_to_string(example).unwrap())
+}
+
+#[test]
+fn an_invalid_machine_config_names_file_line_column_and_key() {
+    let f = Fixture::new();
+    let config = f.dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        machine_config(|c| c.replace("hostname = \"edge-1\"", "hostname = \"edge_1!\"")),
+    )
+    .unwrap();
+    let mut opts = f.options(f.spec(|s| s));
+    opts.config = Some(config.clone());
+    let e = image_builder::build::build(&opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BuildError::MachineConfig(MachineConfigError::Invalid { .. })
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("{}:7:12: machine.hostname: ", config.display())),
+        "{msg}"
+    );
+    f.assert_no_output();
+}
+
+#[test]
+fn a_machine_config_named_by_the_spec_is_validated_too() {
+    let f = Fixture::new();
+    std::fs::write(
+        f.dir.path().join("node.toml"),
+        machine_config(|c| c.replace("port = 50443", "port = \"50443\"")),
+    )
+    .unwrap();
+    let spec = f.spec(|s| {
+        s.replace(
+            "source_date_epoch = 1700000000",
+            "source_date_epoch = 1700000000\nconfig = \"node.toml\"",
+        )
+    });
+    let e = f.build(spec).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("node.toml:") && msg.contains(": api.port: "),
+        "{msg}"
+    );
+    f.assert_no_output();
+
+    let missing = f.spec(|s| {
+        s.replace(
+            "source_date_epoch = 1700000000",
+            "source_date_epoch = 1700000000\nconfig = \"absent.toml\"",
+        )
+    });
+    let e = f.build(missing).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BuildError::MachineConfig(MachineConfigError::Read { .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("absent.toml"), "{e}");
     f.assert_no_output();
 }

@@ -46,7 +46,16 @@ fn partition(image: &Path, role: PartitionRole, dir: &Path) -> PathBuf {
 #[test]
 fn image_passes_independent_checks_and_rebuilds_byte_identical() {
     let f = Fixture::new();
-    let spec = f.spec(|s| s);
+    let machine_config =
+        std::fs::read_to_string(support::workspace().join("machine-configs/single-node-dhcp.toml"))
+            .unwrap();
+    std::fs::write(f.dir.path().join("node.toml"), &machine_config).unwrap();
+    let spec = f.spec(|s| {
+        s.replace(
+            "source_date_epoch = 1700000000",
+            "source_date_epoch = 1700000000\nconfig = \"node.toml\"",
+        )
+    });
     let report = f.build(spec.clone()).unwrap();
     let image = f.out.join(format!("{IDENTITY}.raw"));
     assert_eq!(report.image, image);
@@ -95,9 +104,12 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
         .partition(PartitionRole::RootA)
         .unwrap()
         .part_guid;
+    let verity = &report.verity.params;
     assert!(
         entry.contains(&format!(
-            "options caisson.slot=a caisson.root=PARTUUID={root_a} console=ttyS0,115200\n"
+            "options caisson.slot=a caisson.root=PARTUUID={root_a} caisson.verity={} \
+             caisson.verity.salt={} caisson.verity.hashoffset={} console=ttyS0,115200\n",
+            verity.root_hash, verity.salt, verity.hash_offset
         )),
         "{entry}"
     );
@@ -113,6 +125,7 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
     drop(fs);
 
     let root = partition(&image, PartitionRole::RootA, scratch.path());
+    root_a_passes_veritysetup_and_a_flipped_byte_fails(&root, &report.verity);
     let stats = run(tool("unsquashfs", "squashfs-tools").arg("-s").arg(&root));
     assert!(stats.contains("Compression zstd"), "{stats}");
     let listing = run(tool("unsquashfs", "squashfs-tools").arg("-lln").arg(&root));
@@ -141,6 +154,16 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
         !listing.contains("libm.so.6"),
         "only the closure of the payload is shipped"
     );
+    let embedded = listing
+        .lines()
+        .find(|l| l.ends_with("squashfs-root/usr/lib/caisson/config.toml"))
+        .expect("the machine config is embedded");
+    assert!(embedded.starts_with("-rw------- 0/0 "), "{embedded}");
+    let cat = run(tool("unsquashfs", "squashfs-tools")
+        .arg("-cat")
+        .arg(&root)
+        .arg("usr/lib/caisson/config.toml"));
+    assert_eq!(cat, machine_config, "embedded byte for byte");
 
     for role in [PartitionRole::State, PartitionRole::Data] {
         let fs = partition(&image, role, scratch.path());
@@ -151,6 +174,68 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
             "{header}"
         );
     }
+}
+
+/// The independent check of the builder's dm-verity: cryptsetup's
+/// `veritysetup verify` reads the superblock at the hash offset and must
+/// accept ROOT-A as built, then refuse it with one squashfs byte flipped.
+fn root_a_passes_veritysetup_and_a_flipped_byte_fails(
+    root: &Path,
+    verity: &image_builder::verity::SealedRoot,
+) {
+    let p = &verity.params;
+    assert_eq!(p.hash_offset, verity.data_size.div_ceil(4096) * 4096);
+    assert_eq!(p.salt, hex::encode(image_builder::verity::salt(IDENTITY)));
+    let verify = |img: &Path| {
+        tool("veritysetup", "cryptsetup-bin")
+            .arg("verify")
+            .arg(format!("--hash-offset={}", p.hash_offset))
+            .arg(img)
+            .arg(img)
+            .arg(&p.root_hash)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(root);
+    assert!(
+        ok.status.success(),
+        "veritysetup verify refused ROOT-A: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dump = run(tool("veritysetup", "cryptsetup-bin")
+        .arg("dump")
+        .arg(format!("--hash-offset={}", p.hash_offset))
+        .arg(root));
+    assert!(
+        dump.contains(&format!("Data blocks:     \t{}", p.data_blocks())),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&format!("Salt:            \t{}", p.salt)),
+        "{dump}"
+    );
+
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root)
+        .unwrap();
+    let at = verity.data_size / 2;
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[byte[0] ^ 0x40]).unwrap();
+    f.flush().unwrap();
+    let bad = verify(root);
+    assert!(
+        !bad.status.success(),
+        "veritysetup verify accepted ROOT-A with byte {at} flipped"
+    );
+    // Put it back: the squashfs checks below read the same copy.
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&byte).unwrap();
+    f.flush().unwrap();
 }
 
 #[test]

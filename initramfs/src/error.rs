@@ -40,6 +40,20 @@ pub enum InitError {
     },
     #[error("{path} not found in the root filesystem from {device}")]
     NoAgent { path: PathBuf, device: PathBuf },
+    #[error("the boot entry has no caisson.verity: refusing to boot an unverified root (an entry must carry the root hash, or say caisson.verity=off to boot unverified)")]
+    VerityUnspecified,
+    #[error("dm-verity over {device}: {reason}")]
+    VeritySetup { device: PathBuf, reason: String },
+    #[error(transparent)]
+    DeviceMapper(#[from] crate::dm::DmError),
+    #[error("mknod {path}: {errno}")]
+    MakeNode { path: PathBuf, errno: Errno },
+    #[error("root {device} failed dm-verity verification: its blocks do not match root hash {root_hash} (a corrupted root, or not the image this entry was written for); {cause}")]
+    RootCorrupted {
+        device: PathBuf,
+        root_hash: String,
+        cause: Box<InitError>,
+    },
     #[error("move mount {from} to {to}: {errno}")]
     MoveMount {
         from: PathBuf,

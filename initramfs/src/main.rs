@@ -1,21 +1,25 @@
 //! caisson-init: stage 1, PID 1 in the initramfs.
 //!
 //! Mount the API filesystems, load the root's drivers, wait for the root
-//! partition named on the command line, mount it, and switch to it running
+//! partition named on the command line, put dm-verity over it (unless the
+//! entry says `caisson.verity=off`), mount it, and switch to it running
 //! node-agent. Any failure prints one `caisson-init: FATAL: …` line and
 //! reboots after 5 s, so systemd-boot's counter falls back to the other
 //! slot; there is never a shell.
 
+mod dm;
 mod error;
 mod report;
 mod steps;
 mod switch_root;
+mod verity;
 
 use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use caisson_layout::paths;
+use caisson_devices::BlockDevice;
+use caisson_layout::{paths, RootVerity};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::unistd::{getpid, sync};
 
@@ -56,11 +60,16 @@ fn boot() -> Result<Infallible, InitError> {
     say(&starting(VERSION));
     timed("pseudo filesystems", steps::mount_pseudo_filesystems)?;
     let params = timed("kernel command line", steps::read_params)?;
+    let mode = verity::mode(&params)?;
     say(&format!(
-        "caisson-init: slot {}, root {}, rootwait {} s",
+        "caisson-init: slot {}, root {}, rootwait {} s, verity {}",
         params.slot,
         params.root.render(),
-        params.rootwait.as_secs()
+        params.rootwait.as_secs(),
+        match mode {
+            RootVerity::Off => "off".to_string(),
+            RootVerity::Verified(p) => verity::short_hash(&p.root_hash),
+        }
     ));
     let module_failures = timed("modules", || Ok(steps::load_modules()))?;
     let device = timed("root device", || {
@@ -70,9 +79,45 @@ fn boot() -> Result<Infallible, InitError> {
         "caisson-init: root is {}",
         device.dev_path.display()
     ));
-    timed("mount root", || steps::mount_root(&device))?;
+    let root_hash = mount_root(mode, &device)?;
     steps::write_root_hint(&device)?;
+    steps::write_verity_hint(root_hash.as_deref())?;
     switch_root::switch_root(Path::new(paths::SYSROOT), paths::AGENT_PATH)
+}
+
+/// Mount the root on /sysroot, under dm-verity unless the entry said
+/// `caisson.verity=off`; the root hash it was mounted under, if any.
+fn mount_root(mode: &RootVerity, device: &BlockDevice) -> Result<Option<String>, InitError> {
+    let params = match mode {
+        RootVerity::Off => {
+            timed("mount root", || steps::mount_root(&device.dev_path))?;
+            say("caisson-init: root NOT verified: the boot entry says caisson.verity=off");
+            return Ok(None);
+        }
+        RootVerity::Verified(params) => params,
+    };
+    let mut active = timed("dm-verity", || verity::open(device, params))?;
+    say(&format!(
+        "caisson-init: dm-verity table: {}",
+        active.table_line()
+    ));
+    timed("mount root", || steps::mount_root(&active.node)).map_err(|cause| {
+        // EIO from the mount or the agent lookup: say it was verity.
+        match active.corrupted() {
+            Some(true) => InitError::RootCorrupted {
+                device: device.dev_path.clone(),
+                root_hash: verity::short_hash(&params.root_hash),
+                cause: Box::new(cause),
+            },
+            _ => cause,
+        }
+    })?;
+    active.restart_on_corruption()?;
+    say(&format!(
+        "caisson-init: root verified by dm-verity (root hash {})",
+        verity::short_hash(&active.root_hash)
+    ));
+    Ok(Some(params.root_hash.clone()))
 }
 
 fn reboot_after_delay() -> ! {

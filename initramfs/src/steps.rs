@@ -205,32 +205,45 @@ pub fn wait_for_root(
     })
 }
 
-/// Mount the root read-only on /sysroot and check the agent is there.
-pub fn mount_root(device: &BlockDevice) -> Result<(), InitError> {
+/// Mount the root (the partition, or the verity device over it) read-only
+/// on /sysroot and check the agent is there.
+pub fn mount_root(source: &Path) -> Result<(), InitError> {
     let sysroot = Path::new(paths::SYSROOT);
     create_dir(sysroot)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
-    mount(
-        Some(&device.dev_path),
-        sysroot,
-        Some("squashfs"),
-        flags,
-        None::<&str>,
-    )
-    .map_err(|errno| InitError::Mount {
-        source_name: device.dev_path.display().to_string(),
-        target: sysroot.into(),
-        fstype: "squashfs".into(),
-        errno,
+    mount(Some(source), sysroot, Some("squashfs"), flags, None::<&str>).map_err(|errno| {
+        InitError::Mount {
+            source_name: source.display().to_string(),
+            target: sysroot.into(),
+            fstype: "squashfs".into(),
+            errno,
+        }
     })?;
     let agent = sysroot.join(paths::AGENT_PATH.trim_start_matches('/'));
     match std::fs::metadata(&agent) {
         Ok(m) if m.is_file() => Ok(()),
         _ => Err(InitError::NoAgent {
             path: agent,
-            device: device.dev_path.clone(),
+            device: source.to_path_buf(),
         }),
     }
+}
+
+/// Tell the agent's health gate how the root was verified: one line, the
+/// root hash or `off`.
+pub fn write_verity_hint(root_hash: Option<&str>) -> Result<(), InitError> {
+    let hint = Path::new(paths::ROOT_VERITY_HINT);
+    if let Some(dir) = hint.parent() {
+        create_dir(dir)?;
+    }
+    let line = format!(
+        "{}\n",
+        root_hash.unwrap_or(caisson_layout::cmdline::VERITY_OFF)
+    );
+    std::fs::write(hint, line).map_err(|source| InitError::Write {
+        path: hint.into(),
+        source,
+    })
 }
 
 /// Tell the agent which device the root came from (e.g. `vda2`, no

@@ -119,6 +119,12 @@ pub const KEY_SLOT: &str = "caisson.slot";
 pub const KEY_ROOT: &str = "caisson.root";
 pub const KEY_ROOTWAIT: &str = "caisson.rootwait";
 pub const KEY_VERITY: &str = "caisson.verity";
+pub const KEY_VERITY_SALT: &str = "caisson.verity.salt";
+pub const KEY_VERITY_HASH_OFFSET: &str = "caisson.verity.hashoffset";
+/// `caisson.verity=off`: the entry asks for an unverified root.
+pub const VERITY_OFF: &str = "off";
+/// dm-verity block size; the hash offset is a whole number of blocks.
+pub const VERITY_BLOCK_SIZE: u64 = 4096;
 
 /// Default bound on waiting for the root device.
 pub const DEFAULT_ROOTWAIT: Duration = Duration::from_secs(30);
@@ -129,8 +135,108 @@ pub struct CaissonParams {
     pub slot: Slot,
     pub root: RootSpec,
     pub rootwait: Duration,
-    /// dm-verity root hash, hex; absent until verity roots land.
-    pub verity_root_hash: Option<String>,
+    /// How the root is verified; `None` when the entry says nothing, which
+    /// `init` refuses (an unverified boot must be asked for explicitly).
+    pub verity: Option<RootVerity>,
+}
+
+/// What a slot's boot entry says about verifying its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootVerity {
+    /// `caisson.verity=off`: boot the root unverified.
+    Off,
+    /// `caisson.verity=<root hash> caisson.verity.salt=<hex>
+    /// caisson.verity.hashoffset=<bytes>`.
+    Verified(VerityParams),
+}
+
+/// dm-verity parameters of a root whose hash area (cryptsetup superblock,
+/// then the tree) is appended to the data in the same partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityParams {
+    /// sha256 root hash: 64 lower-case hex digits.
+    pub root_hash: String,
+    /// The salt: 2 to 512 lower-case hex digits (at most 256 bytes).
+    pub salt: String,
+    /// Where the hash area starts in the partition, in bytes: a positive
+    /// multiple of 4096. The data is the 4 KiB blocks before it.
+    pub hash_offset: u64,
+}
+
+impl VerityParams {
+    /// Data blocks the hash tree covers.
+    pub fn data_blocks(&self) -> u64 {
+        self.hash_offset / VERITY_BLOCK_SIZE
+    }
+}
+
+impl RootVerity {
+    fn from_cmdline(cmdline: &KernelCmdline) -> Result<Option<RootVerity>, CmdlineError> {
+        let salt = cmdline.value(KEY_VERITY_SALT);
+        let offset = cmdline.value(KEY_VERITY_HASH_OFFSET);
+        let hash = match cmdline.value(KEY_VERITY) {
+            Some(v) if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => v.to_ascii_lowercase(),
+            other => {
+                let verity = match other {
+                    None => None,
+                    Some(VERITY_OFF) => Some(RootVerity::Off),
+                    Some(v) => {
+                        return Err(CmdlineError::Invalid {
+                            key: KEY_VERITY,
+                            value: v.to_string(),
+                            reason: format!("expected 64 hex digits (a sha256 root hash) or {VERITY_OFF}"),
+                        })
+                    }
+                };
+                // A salt or offset without a root hash is a half-written entry.
+                for (key, value) in [(KEY_VERITY_SALT, salt), (KEY_VERITY_HASH_OFFSET, offset)] {
+                    if let Some(value) = value {
+                        return Err(CmdlineError::Invalid {
+                            key,
+                            value: value.to_string(),
+                            reason: format!("only valid with {KEY_VERITY}=<root hash>"),
+                        });
+                    }
+                }
+                return Ok(verity);
+            }
+        };
+        let salt = salt.ok_or(CmdlineError::Missing { key: KEY_VERITY_SALT })?;
+        if salt.is_empty() || salt.len() > 512 || salt.len() % 2 != 0 || !salt.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CmdlineError::Invalid {
+                key: KEY_VERITY_SALT,
+                value: salt.to_string(),
+                reason: "expected an even number of hex digits, 2 to 512".into(),
+            });
+        }
+        let offset_value = offset.ok_or(CmdlineError::Missing { key: KEY_VERITY_HASH_OFFSET })?;
+        let hash_offset = match offset_value.parse::<u64>() {
+            Ok(n) if n > 0 && n % VERITY_BLOCK_SIZE == 0 => n,
+            _ => {
+                return Err(CmdlineError::Invalid {
+                    key: KEY_VERITY_HASH_OFFSET,
+                    value: offset_value.to_string(),
+                    reason: format!("expected bytes: a positive multiple of {VERITY_BLOCK_SIZE}"),
+                })
+            }
+        };
+        Ok(Some(RootVerity::Verified(VerityParams {
+            root_hash: hash,
+            salt: salt.to_ascii_lowercase(),
+            hash_offset,
+        })))
+    }
+
+    fn render(&self) -> Vec<String> {
+        match self {
+            RootVerity::Off => vec![format!("{KEY_VERITY}={VERITY_OFF}")],
+            RootVerity::Verified(p) => vec![
+                format!("{KEY_VERITY}={}", p.root_hash),
+                format!("{KEY_VERITY_SALT}={}", p.salt),
+                format!("{KEY_VERITY_HASH_OFFSET}={}", p.hash_offset),
+            ],
+        }
+    }
 }
 
 impl CaissonParams {
@@ -155,33 +261,33 @@ impl CaissonParams {
                 reason: format!("expected whole seconds: {e}"),
             })?,
         };
-        let verity_root_hash = match cmdline.value(KEY_VERITY) {
-            None => None,
-            Some(v) if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => Some(v.to_ascii_lowercase()),
-            Some(v) => {
-                return Err(CmdlineError::Invalid {
-                    key: KEY_VERITY,
-                    value: v.to_string(),
-                    reason: "expected 64 hex digits (sha256)".into(),
-                })
-            }
-        };
-        Ok(CaissonParams { slot, root, rootwait, verity_root_hash })
+        let verity = RootVerity::from_cmdline(cmdline)?;
+        Ok(CaissonParams { slot, root, rootwait, verity })
     }
 
     /// The words the builder puts on a boot entry's `options` line.
     pub fn render(&self) -> Vec<String> {
         let mut words = vec![
             format!("{KEY_SLOT}={}", self.slot),
-            format!("{KEY_ROOT}={}", self.root.render()),
+            format!("{KEY_ROOT}={}", quote_if_spaced(&self.root.render())),
         ];
         if self.rootwait != DEFAULT_ROOTWAIT {
             words.push(format!("{KEY_ROOTWAIT}={}", self.rootwait.as_secs()));
         }
-        if let Some(h) = &self.verity_root_hash {
-            words.push(format!("{KEY_VERITY}={h}"));
+        if let Some(verity) = &self.verity {
+            words.extend(verity.render());
         }
         words
+    }
+}
+
+/// A value with whitespace (a PARTLABEL may have some) is quoted, so the
+/// kernel and [`KernelCmdline::parse`] keep it one word.
+fn quote_if_spaced(value: &str) -> String {
+    if value.contains(char::is_whitespace) {
+        format!("\"{value}\"")
+    } else {
+        value.to_string()
     }
 }
 
@@ -240,5 +346,77 @@ mod tests {
         )))
         .unwrap_err();
         assert!(e.to_string().contains("caisson.rootwait"), "{e}");
+    }
+
+    const HASH: &str = "4F2a000000000000000000000000000000000000000000000000000000000001";
+
+    fn params(extra: &str) -> Result<CaissonParams, CmdlineError> {
+        CaissonParams::from_cmdline(&KernelCmdline::parse(&format!(
+            "caisson.slot=a caisson.root=PARTUUID={U} {extra}"
+        )))
+    }
+
+    #[test]
+    fn verity_parameters_parse_and_render_round_trip() {
+        let p = params(&format!(
+            "caisson.verity={HASH} caisson.verity.salt=AB01 caisson.verity.hashoffset=58724352"
+        ))
+        .unwrap();
+        let expected = VerityParams { root_hash: HASH.to_ascii_lowercase(), salt: "ab01".into(), hash_offset: 58724352 };
+        assert_eq!(p.verity, Some(RootVerity::Verified(expected.clone())));
+        assert_eq!(expected.data_blocks(), 14337);
+        let words = p.render();
+        assert_eq!(
+            words[2..],
+            [
+                format!("caisson.verity={}", HASH.to_ascii_lowercase()),
+                "caisson.verity.salt=ab01".to_string(),
+                "caisson.verity.hashoffset=58724352".to_string(),
+            ]
+        );
+        assert_eq!(params(&words[2..].join(" ")).unwrap(), p);
+
+        let off = params("caisson.verity=off").unwrap();
+        assert_eq!(off.verity, Some(RootVerity::Off));
+        assert_eq!(off.render().last().map(String::as_str), Some("caisson.verity=off"));
+        assert_eq!(params(&off.render().join(" ")).unwrap(), off);
+
+        let absent = params("").unwrap();
+        assert_eq!(absent.verity, None);
+        assert!(!absent.render().iter().any(|w| w.starts_with("caisson.verity")));
+    }
+
+    #[test]
+    fn incomplete_or_malformed_verity_parameters_name_the_key() {
+        let e = params(&format!("caisson.verity={HASH} caisson.verity.hashoffset=4096")).unwrap_err();
+        assert_eq!(e, CmdlineError::Missing { key: KEY_VERITY_SALT });
+        let e = params(&format!("caisson.verity={HASH} caisson.verity.salt=ab")).unwrap_err();
+        assert_eq!(e, CmdlineError::Missing { key: KEY_VERITY_HASH_OFFSET });
+        for (extra, key) in [
+            ("caisson.verity=on".to_string(), KEY_VERITY),
+            ("caisson.verity=abc".to_string(), KEY_VERITY),
+            (format!("caisson.verity={HASH} caisson.verity.salt=abc caisson.verity.hashoffset=4096"), KEY_VERITY_SALT),
+            (format!("caisson.verity={HASH} caisson.verity.salt=zz caisson.verity.hashoffset=4096"), KEY_VERITY_SALT),
+            (format!("caisson.verity={HASH} caisson.verity.salt={} caisson.verity.hashoffset=4096", "ab".repeat(257)), KEY_VERITY_SALT),
+            (format!("caisson.verity={HASH} caisson.verity.salt=ab caisson.verity.hashoffset=4097"), KEY_VERITY_HASH_OFFSET),
+            (format!("caisson.verity={HASH} caisson.verity.salt=ab caisson.verity.hashoffset=0"), KEY_VERITY_HASH_OFFSET),
+            ("caisson.verity=off caisson.verity.salt=ab".to_string(), KEY_VERITY_SALT),
+            ("caisson.verity.hashoffset=4096".to_string(), KEY_VERITY_HASH_OFFSET),
+        ] {
+            match params(&extra) {
+                Err(CmdlineError::Invalid { key: k, .. }) => assert_eq!(k, key, "{extra}"),
+                other => panic!("{extra}: expected an error for {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_partlabel_with_spaces_renders_as_one_word() {
+        let line = "caisson.slot=a \"caisson.root=PARTLABEL=ROOT A\" caisson.verity=off";
+        let p = CaissonParams::from_cmdline(&KernelCmdline::parse(line)).unwrap();
+        assert_eq!(p.root, RootSpec::PartLabel("ROOT A".into()));
+        assert!(p.render().contains(&"caisson.root=\"PARTLABEL=ROOT A\"".to_string()));
+        let again = CaissonParams::from_cmdline(&KernelCmdline::parse(&p.render().join(" "))).unwrap();
+        assert_eq!(again, p);
     }
 }

@@ -11,7 +11,7 @@ pub mod paths;
 pub mod slot;
 
 pub use boot_entry::{BootEntry, BootEntryError};
-pub use cmdline::{CaissonParams, CmdlineError, KernelCmdline, RootSpec};
+pub use cmdline::{CaissonParams, CmdlineError, KernelCmdline, RootSpec, RootVerity, VerityParams};
 pub use guid::derive_guid;
 pub use partitions::{DiskPlan, PartitionPlan, PartitionRole, PlanError, SizesMiB};
 pub use slot::Slot;

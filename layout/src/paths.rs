@@ -16,6 +16,11 @@ pub const INITRD_KERNEL_RELEASE: &str = "/etc/caisson/kernel-release";
 /// Written by `init` for the agent: the block device the root came from,
 /// e.g. `vda2` (a name under `/sys/class/block`).
 pub const ROOT_DEVICE_HINT: &str = "/run/caisson/root-device";
+/// Written by `init` for the agent's health gate: one line, the dm-verity
+/// root hash the root was mounted under (64 hex digits), or `off`.
+pub const ROOT_VERITY_HINT: &str = "/run/caisson/root-verity";
+/// The dm-verity device `init` mounts the root from: `/dev/mapper/<name>`.
+pub const ROOT_VERITY_DM_NAME: &str = "caisson-root";
 /// STATE is mounted here, mode 0700, for the agent alone.
 pub const STATE_MOUNT: &str = "/run/caisson/state";
 /// DATA is mounted here.

@@ -32,6 +32,7 @@ fn assert_no_fatal_errors(vm: &mut Vm) {
 #[test]
 fn boots_under_ovmf_to_agent_banner_with_state_and_data_mounted() -> Result {
     let mut vm = Vm::start(VmOptions::new("boots_under_ovmf_to_agent_banner"))?;
+    vm.wait_for_line("caisson-init: root verified by dm-verity", TO_BANNER)?;
     vm.wait_for(
         "the agent banner for slot a",
         TO_BANNER,
@@ -99,7 +100,7 @@ fn init_reports_missing_root_and_reboots() -> Result {
     opts.boot = Boot::DirectKernel {
         kernel,
         initrd,
-        append: "console=ttyS0 caisson.slot=a caisson.root=PARTUUID=00000000-0000-0000-0000-000000000001 caisson.rootwait=3"
+        append: "console=ttyS0 caisson.slot=a caisson.root=PARTUUID=00000000-0000-0000-0000-000000000001 caisson.rootwait=3 caisson.verity=off"
             .into(),
     };
     opts.network = false;

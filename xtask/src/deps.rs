@@ -34,6 +34,8 @@ pub enum Need {
     Ip,
     /// caisson-net's DHCP test leases from dnsmasq.
     Dnsmasq,
+    /// The independent check of our dm-verity trees.
+    Veritysetup,
 }
 
 enum Check {
@@ -62,6 +64,7 @@ impl Need {
             Need::Curl => (Check::Command("curl"), "curl"),
             Need::Ip => (Check::Command("ip"), "iproute2"),
             Need::Dnsmasq => (Check::Command("dnsmasq"), "dnsmasq-base"),
+            Need::Veritysetup => (Check::Command("veritysetup"), "cryptsetup-bin"),
         }
     }
 }
@@ -88,6 +91,7 @@ pub const TEST: &[Need] = &[
     Need::Curl,
     Need::Ip,
     Need::Dnsmasq,
+    Need::Veritysetup,
 ];
 /// Size and boot measurements.
 pub const BENCH: &[Need] = &[

@@ -18,6 +18,8 @@ pub const AGENT_BIN: &str = "CAISSON_AGENT_BIN";
 pub const BUILDER_BIN: &str = "CAISSON_BUILDER_BIN";
 /// The image spec the test image was built from.
 pub const SPEC: &str = "CAISSON_SPEC";
+/// The `nodectl` binary the API tests drive (built by `cargo xtask test`).
+pub const NODECTL_BIN: &str = "CAISSON_NODECTL_BIN";
 /// Parent of the per-test directories; default `target/qemu-tests`.
 pub const WORK_DIR: &str = "CAISSON_TEST_WORK_DIR";
 

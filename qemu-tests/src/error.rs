@@ -47,6 +47,29 @@ pub enum HarnessError {
         console: PathBuf,
         tail: String,
     },
+    #[error("{error}\n--- last console lines of {console} ---\n{tail}")]
+    WithConsole {
+        error: Box<HarnessError>,
+        console: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "timed out after {waited:?} waiting for {expected} from `{command}`; it printed:\n{output}"
+    )]
+    StreamTimeout {
+        command: String,
+        expected: String,
+        waited: Duration,
+        output: String,
+    },
+    #[error("`{command}` did not finish within {waited:?}; it printed:\n{output}")]
+    CommandTimeout {
+        command: String,
+        waited: Duration,
+        output: String,
+    },
+    #[error("`{command}`: {message}")]
+    Output { command: String, message: String },
     #[error("QMP {socket}: {message}")]
     Qmp { socket: PathBuf, message: String },
     #[error("{image}: {message}")]
@@ -60,7 +83,7 @@ impl std::fmt::Debug for HarnessError {
 }
 
 impl HarnessError {
-    pub(crate) fn io(
+    pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(io::Error) -> HarnessError {

@@ -66,9 +66,15 @@ impl QemuArgs {
         self
     }
 
-    /// User-mode networking on a virtio NIC.
-    pub fn user_net(mut self) -> QemuArgs {
-        self.push(["-nic", "user,model=virtio-net-pci"]);
+    /// User-mode networking on a virtio NIC (the guest gets 10.0.2.15 by
+    /// DHCP). Each `(host, guest)` pair forwards TCP `127.0.0.1:host` to the
+    /// guest's port `guest`.
+    pub fn user_net(mut self, forwards: &[(u16, u16)]) -> QemuArgs {
+        let mut nic = String::from("user,model=virtio-net-pci");
+        for (host, guest) in forwards {
+            nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        self.push(["-nic".to_string(), nic]);
         self
     }
 

@@ -36,6 +36,9 @@ pub struct VmOptions {
     /// When false (the default) a guest reboot ends QEMU (`-no-reboot`).
     pub allow_reboot: bool,
     pub network: bool,
+    /// Guest TCP ports reachable from the host, each on a free port of
+    /// 127.0.0.1 ([`Vm::host_port`]); needs `network`.
+    pub forward_ports: Vec<u16>,
     pub extra_args: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ impl VmOptions {
             boot: Boot::Uefi,
             allow_reboot: false,
             network: true,
+            forward_ports: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -62,6 +66,8 @@ pub struct Vm {
     qmp: Option<Qmp>,
     started: Instant,
     exit: Option<ExitStatus>,
+    /// (guest port, host port)
+    forwards: Vec<(u16, u16)>,
 }
 
 impl Vm {
@@ -87,8 +93,13 @@ impl Vm {
         args = args
             .virtio_disk(&overlay)
             .headless(&console_log, &qmp_socket);
+        let mut forwards = Vec::new();
         if opts.network {
-            args = args.user_net();
+            for &guest in &opts.forward_ports {
+                forwards.push((guest, crate::net::free_port()?));
+            }
+            let host_guest: Vec<(u16, u16)> = forwards.iter().map(|&(g, h)| (h, g)).collect();
+            args = args.user_net(&host_guest);
         }
         if !opts.allow_reboot {
             args = args.no_reboot();
@@ -116,6 +127,7 @@ impl Vm {
             qmp: None,
             started,
             exit: None,
+            forwards,
         })
     }
 
@@ -125,6 +137,32 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The host port (on 127.0.0.1) that reaches the guest's TCP port `guest`,
+    /// if `VmOptions::forward_ports` asked for it.
+    pub fn host_port(&self, guest: u16) -> Option<u16> {
+        self.forwards
+            .iter()
+            .find(|(g, _)| *g == guest)
+            .map(|(_, h)| *h)
+    }
+
+    /// Adds the console tail to an error that does not carry it yet (a host
+    /// command that failed while this VM ran), so every failure shows what
+    /// the node said.
+    pub fn context<T>(&mut self, result: Result<T>) -> Result<T> {
+        result.map_err(|e| match e {
+            e @ (HarnessError::Timeout { .. }
+            | HarnessError::Exited { .. }
+            | HarnessError::StillRunning { .. }
+            | HarnessError::WithConsole { .. }) => e,
+            e => HarnessError::WithConsole {
+                error: Box::new(e),
+                console: self.console.path().to_path_buf(),
+                tail: self.tail(),
+            },
+        })
     }
 
     /// Time since QEMU was started.

@@ -1,13 +1,16 @@
 //! `cargo xtask bench`: the figures we hold ourselves to, each against its
-//! target. Reports PASS/MISS; never fails on a miss.
+//! target. Reports PASS/MISS; never fails on a miss. The node API's figures
+//! are measured in `bench_api`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use qemu_tests::nodectl::ApiNode;
 use qemu_tests::tools::{self, SquashEntry};
-use qemu_tests::{disk, Vm, VmOptions};
+use qemu_tests::{disk, VmOptions};
 
+use crate::bench_api::{self, ApiFigures};
 use crate::deps;
 use crate::image::{build_builder, build_image};
 use crate::workspace::Workspace;
@@ -17,12 +20,16 @@ const BUILD_TARGET: Duration = Duration::from_secs(60);
 const OWN_TARGET_MIB: f64 = 15.0;
 const BOOT_TARGET: Duration = Duration::from_secs(12);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const RSS_BOOT_TARGET_MIB: f64 = 20.0;
+const RSS_FOLLOWERS_TARGET_MIB: f64 = 40.0;
+const APPLY_TARGET: Duration = Duration::from_secs(2);
 
 pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
     deps::ensure(&[deps::FETCH, deps::IMAGE, deps::BENCH])?;
     crate::fetch::fetch(ws, false)?;
     let programs = crate::programs::build(ws)?;
     let builder = build_builder(ws)?;
+    let nodectl = crate::programs::build_nodectl(ws, true)?;
     let spec = ws.default_spec();
 
     // (1) Build time, warm: artifacts fetched, builder compiled.
@@ -44,28 +51,52 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
     // (2) Sizes.
     let sizes = Sizes::measure(&raw, &programs.init, &ws.target_dir.join("bench"))?;
 
-    // (3)+(4) Boot to the agent's banner, and the agent's memory once ready.
+    // (3)+(4) Boot to the agent's banner and to the API answering (no
+    // config: maintenance mode), and the agent's memory once ready.
     let mut boot_times = Vec::new();
+    let mut api_times = Vec::new();
     let mut ready_line = None;
+    let mut last = None;
     for i in 0..boots {
         let mut opts = VmOptions::new(&format!("bench-boot-{i}"));
         opts.image = Some(raw.clone());
-        let mut vm = Vm::start(opts)?;
-        vm.wait_for("the agent banner", BOOT_TIMEOUT, is_banner)?;
-        let t = vm.elapsed();
+        let mut node = ApiNode::start_with(opts, &nodectl)?;
+        let times = bench_api::boot_to_api(&mut node, BOOT_TIMEOUT)?;
         println!(
-            "bench: boot {} reached the banner after {:.1} s",
+            "bench: boot {} reached the banner after {:.1} s, the API answered after {:.1} s",
             i + 1,
-            t.as_secs_f64()
+            times.banner.as_secs_f64(),
+            times.api.as_secs_f64()
         );
-        boot_times.push(t);
+        boot_times.push(times.banner);
+        api_times.push(times.api);
         if ready_line.is_none() {
-            ready_line = vm
+            ready_line = node
+                .vm
                 .wait_for_line("boot: ready", Duration::from_secs(60))
                 .ok();
         }
+        last = Some((node, times.fingerprint));
     }
     let boot = median(&mut boot_times);
+    let to_api = median(&mut api_times);
+
+    // (5) The API: memory configured and under 100 followers, live applies.
+    let api = match last.as_mut() {
+        Some((node, fingerprint)) => match bench_api::measure(node, fingerprint) {
+            Ok(figures) => Some(figures),
+            Err(e) => {
+                println!(
+                    "bench: the API figures failed: {e:#}
+{}",
+                    node.vm.tail()
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    drop(last);
 
     println!();
     println!(
@@ -92,18 +123,63 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
         format!("≤ {} s", BOOT_TARGET.as_secs()),
         boot <= BOOT_TARGET,
     );
-    match ready_line.as_deref().and_then(memory_of) {
-        Some(rss) => println!("  {:<46} {rss}", "agent memory at boot: ready"),
-        None => println!(
-            "  {:<46} not reported (no VmRSS in the `boot: ready` line)",
-            "agent memory at boot: ready"
+    println!(
+        "  {:<46} {:>10}   (report)",
+        "boot to API answering `nodectl version`",
+        format!("{:.1} s", to_api.as_secs_f64())
+    );
+    match ready_line.as_deref().and_then(bench_api::vm_rss_kib) {
+        Some(kib) => rss_verdict(
+            "agent RSS at boot: ready (no config)",
+            kib,
+            RSS_BOOT_TARGET_MIB,
         ),
+        None => println!(
+            "  {:<46} not reported (no VmRSS in the `boot: ready` line: {:?})",
+            "agent RSS at boot: ready",
+            ready_line.as_deref().and_then(memory_of)
+        ),
+    }
+    match api {
+        Some(api) => print_api(api),
+        None => println!("  {:<46} not measured (see above)", "node API figures"),
     }
     Ok(())
 }
 
-fn is_banner(line: &str) -> bool {
-    line.contains("node-agent ") && line.contains(" running as PID 1")
+fn print_api(mut api: ApiFigures) {
+    rss_verdict(
+        "agent RSS configured, serving mTLS",
+        api.rss_configured_kib,
+        RSS_BOOT_TARGET_MIB,
+    );
+    rss_verdict(
+        &format!(
+            "agent RSS, {}/{} `logs -f` clients",
+            api.followers_attached,
+            bench_api::FOLLOWERS
+        ),
+        api.rss_followers_kib,
+        RSS_FOLLOWERS_TARGET_MIB,
+    );
+    let rounds = api.applies.len();
+    let apply = median(&mut api.applies);
+    verdict(
+        &format!("apply --mode no-reboot, host name + sysctl ({rounds}×)"),
+        format!("{:.2} s", apply.as_secs_f64()),
+        format!("≤ {} s", APPLY_TARGET.as_secs()),
+        apply <= APPLY_TARGET,
+    );
+}
+
+fn rss_verdict(what: &str, kib: u64, target_mib: f64) {
+    let mib = kib as f64 / 1024.0;
+    verdict(
+        what,
+        format!("{mib:.1} MiB"),
+        format!("≤ {target_mib} MiB"),
+        mib <= target_mib,
+    );
 }
 
 /// The memory figure of the agent's `boot: ready` line, from "rss"/"VmRSS" on.

@@ -33,7 +33,7 @@ pub fn demo(ws: &Workspace, timeout: Option<u64>) -> Result<()> {
     let args = QemuArgs::new(1024)
         .uefi(&vars)
         .virtio_disk(&overlay)
-        .user_net()
+        .user_net(&[])
         .interactive()
         .extra([
             "-qmp".to_string(),

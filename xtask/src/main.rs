@@ -1,6 +1,7 @@
 //! `cargo xtask …`: project automation for Caisson.
 
 mod bench;
+mod bench_api;
 mod demo;
 mod deps;
 mod fetch;
@@ -52,7 +53,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
     },
-    /// Measure image build time, image size, boot time and the agent's memory.
+    /// Measure image build time, image size, boot time, the agent's memory and the node API.
     Bench {
         /// How many boots to take the median of.
         #[arg(long, default_value_t = 3)]

@@ -1,4 +1,5 @@
-//! The node's own programs, built static for the node.
+//! The node's own programs, built static for the node; and nodectl, the
+//! operator's CLI the API tests and benchmarks drive.
 
 use std::path::PathBuf;
 
@@ -34,4 +35,19 @@ pub fn build(ws: &Workspace) -> Result<Programs> {
         init: ws.node_bin("caisson-init"),
         agent: ws.node_bin("node-agent"),
     })
+}
+
+/// `nodectl` for this host. Debug for the tests: `cargo test` builds the same
+/// binary anyway, so this costs nothing extra there. Release for the bench,
+/// whose timings include nodectl's own TLS handshakes.
+pub fn build_nodectl(ws: &Workspace, release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
+    println!("xtask: building nodectl ({profile})");
+    let mut cmd = ws.cargo();
+    cmd.args(["build", "-p", "nodectl"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(ws.target_dir.join(profile).join("nodectl"))
 }

@@ -19,6 +19,7 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
     deps::ensure(&[deps::FETCH, deps::IMAGE, deps::TEST])?;
     let out = ws.target_dir.join("caisson-test/image");
     let prepared = crate::image::prepare(ws, &out)?;
+    let nodectl = crate::programs::build_nodectl(ws, false)?;
 
     let mut cmd = ws.cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast", "--", TEST_THREADS])
@@ -30,6 +31,7 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
         .env(test_env::AGENT_BIN, &prepared.programs.agent)
         .env(test_env::BUILDER_BIN, &prepared.builder)
         .env(test_env::SPEC, &prepared.spec)
+        .env(test_env::NODECTL_BIN, &nodectl)
         .env(test_env::WORK_DIR, ws.target_dir.join("qemu-tests"))
         .stdout(Stdio::piped());
     println!("xtask: {}", describe(&cmd));

@@ -20,6 +20,7 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
     let out = ws.target_dir.join("caisson-test/image");
     let prepared = crate::image::prepare(ws, &out)?;
     let nodectl = crate::programs::build_nodectl(ws, false)?;
+    let modules = kernel_modules(ws)?;
 
     let mut cmd = ws.cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast", "--", TEST_THREADS])
@@ -32,6 +33,7 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
         .env(test_env::BUILDER_BIN, &prepared.builder)
         .env(test_env::SPEC, &prepared.spec)
         .env(test_env::NODECTL_BIN, &nodectl)
+        .env(KERNEL_MODULES_DIR, &modules)
         .env(test_env::WORK_DIR, ws.target_dir.join("qemu-tests"))
         .stdout(Stdio::piped());
     println!("xtask: {}", describe(&cmd));
@@ -62,6 +64,40 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// Where caisson-kmod's real-tree test finds a Debian kernel's modules.
+const KERNEL_MODULES_DIR: &str = "CAISSON_KERNEL_MODULES_DIR";
+
+/// Extract the pinned kernel's `lib/modules/<release>` (once per lock pin),
+/// so our depmod is tested against the real tree, not only fixtures.
+fn kernel_modules(ws: &Workspace) -> Result<std::path::PathBuf> {
+    use image_builder::lock::{self, Lock};
+    let lock_path = ws.lock_file();
+    let pin = Lock::load(&lock_path)?;
+    let kernel = pin.get(&lock_path, "kernel")?;
+    let deb = lock::verify(&ws.artifacts_dir(), kernel)?;
+    let dest = ws.target_dir.join("caisson-test/kernel").join(&kernel.sha256);
+    let modules = dest.join("lib/modules");
+    if !modules.is_dir() {
+        let partial = dest.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        image_builder::deb::Deb::new(&deb)
+            .extract(&partial, |p| p.starts_with("lib/modules/"))
+            .with_context(|| format!("cannot extract the kernel modules of {}", deb.display()))?;
+        std::fs::rename(&partial, &dest)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
+    }
+    let mut releases: Vec<_> = std::fs::read_dir(&modules)
+        .with_context(|| format!("cannot list {}", modules.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    releases.sort();
+    match releases.as_slice() {
+        [one] => Ok(one.clone()),
+        other => bail!("expected one kernel release in {}, found {}", modules.display(), other.len()),
+    }
 }
 
 /// Sums libtest's "test result:" lines.

@@ -45,7 +45,12 @@ fn deserialize(origin: &str, text: &str) -> Result<MachineConfig, ConfigErrors> 
         let path = e.path().to_string();
         let inner = e.into_inner();
         let pos = inner.span().map(|s| locate::line_col(text, s.start));
-        let path = if path == "." { String::new() } else { path };
+        let path = match (path.as_str(), pos) {
+            // A syntax error: no parse tree, so read the path off the lines.
+            (".", Some((line, _))) => locate::path_at_line(text, line),
+            (".", None) => String::new(),
+            _ => path,
+        };
         ConfigErrors(vec![ConfigError::new(origin, path, pos, inner.message().to_string())])
     })
 }

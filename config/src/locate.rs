@@ -89,6 +89,38 @@ pub fn position_of_path(text: &str, path: &str) -> Option<(usize, usize)> {
     best.map(|o| line_col(text, o))
 }
 
+/// The key path that the text at 1-based `line` belongs to, read from the
+/// lines alone: for syntax errors, where no parse tree exists. Tracks
+/// `[table]` and `[[array]]` headers (with their index) and the key before
+/// `=` on the line itself.
+pub fn path_at_line(text: &str, line: usize) -> String {
+    let mut table = String::new();
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        let header = if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")).map(|(n, _)| n.trim()) {
+            let n = counts.entry(name.to_string()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+            true
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(n, _)| n.trim()) {
+            table = name.to_string();
+            true
+        } else {
+            false
+        };
+        if i + 1 == line {
+            let key = if header { "" } else { l.split_once('=').map(|(k, _)| k.trim().trim_matches('"')).unwrap_or("") };
+            return match (table.is_empty(), key.is_empty()) {
+                (true, _) => key.to_string(),
+                (false, true) => table,
+                (false, false) => format!("{table}.{key}"),
+            };
+        }
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +140,14 @@ mod tests {
         assert_eq!(position_of_path(DOC, "network.interfaces[1].mtu"), Some((8, 7)));
         assert_eq!(position_of_path(DOC, "network.interfaces[1].addresses[1]"), Some((9, 29)));
         assert_eq!(position_of_path(DOC, "version"), Some((1, 11)));
+    }
+
+    #[test]
+    fn path_at_line_follows_headers_and_array_indices() {
+        assert_eq!(path_at_line(DOC, 1), "version");
+        assert_eq!(path_at_line(DOC, 8), "network.interfaces[1].mtu");
+        assert_eq!(path_at_line(DOC, 6), "network.interfaces[1]");
+        assert_eq!(path_at_line(DOC, 4), "network.interfaces[0].name");
     }
 
     #[test]

@@ -134,3 +134,11 @@ fn diff_lists_changed_keys_and_masks_secrets() {
     assert_eq!(changes[2].new.as_deref(), Some("\"b\""));
     assert!(redact::diff(&old, &old).is_empty());
 }
+
+#[test]
+fn syntax_errors_also_name_the_key_path() {
+    let text = base("[[network.interfaces]]\nname = \"eth0\"\n[[network.interfaces]]\nname = \"eth1\nmtu = 9000\n");
+    let msg = parse("node.toml", &text).unwrap_err().to_string();
+    assert!(msg.starts_with("node.toml:5:"), "{msg}");
+    assert!(msg.contains(": network.interfaces[1].name: "), "{msg}");
+}

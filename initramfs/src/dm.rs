@@ -80,12 +80,12 @@ pub fn encode(name: &str, flags: u32, targets: &[Target], room: usize) -> Result
     }
     let mut buf = vec![0u8; HEADER_SIZE];
     for (i, v) in DM_VERSION.iter().enumerate() {
-        put_u32(&mut buf, 4 * i, *v);
+        put_u32(&mut buf, 4 * i, *v)?;
     }
-    put_u32(&mut buf, OFF_DATA_START, HEADER_SIZE as u32);
-    put_u32(&mut buf, OFF_TARGET_COUNT, targets.len() as u32);
-    put_u32(&mut buf, OFF_FLAGS, flags);
-    buf[OFF_NAME..OFF_NAME + name.len()].copy_from_slice(name.as_bytes());
+    put_u32(&mut buf, OFF_DATA_START, HEADER_SIZE as u32)?;
+    put_u32(&mut buf, OFF_TARGET_COUNT, targets.len() as u32)?;
+    put_u32(&mut buf, OFF_FLAGS, flags)?;
+    put(&mut buf, OFF_NAME, name.as_bytes())?;
     for t in targets {
         if t.kind.len() >= TARGET_TYPE_LEN || t.text.contains('\0') {
             return Err(DmError::Encoding(format!("bad target {:?}", t.kind)));
@@ -94,16 +94,15 @@ pub fn encode(name: &str, flags: u32, targets: &[Target], room: usize) -> Result
         // spec, parameters, NUL, padded so the next spec is 8-byte aligned.
         let len = (TARGET_SPEC_SIZE + t.text.len() + 1).next_multiple_of(8);
         buf.resize(at + len, 0);
-        put_u64(&mut buf, at, t.start);
-        put_u64(&mut buf, at + 8, t.length);
-        put_u32(&mut buf, at + 20, len as u32);
-        buf[at + 24..at + 24 + t.kind.len()].copy_from_slice(t.kind.as_bytes());
-        let text = at + TARGET_SPEC_SIZE;
-        buf[text..text + t.text.len()].copy_from_slice(t.text.as_bytes());
+        put_u64(&mut buf, at, t.start)?;
+        put_u64(&mut buf, at + 8, t.length)?;
+        put_u32(&mut buf, at + 20, len as u32)?;
+        put(&mut buf, at + 24, t.kind.as_bytes())?;
+        put(&mut buf, at + TARGET_SPEC_SIZE, t.text.as_bytes())?;
     }
     buf.resize(buf.len() + room, 0);
     let size = buf.len() as u32;
-    put_u32(&mut buf, OFF_DATA_SIZE, size);
+    put_u32(&mut buf, OFF_DATA_SIZE, size)?;
     Ok(buf)
 }
 
@@ -132,18 +131,17 @@ pub fn decode_status(buf: &[u8]) -> Result<Vec<Target>, DmError> {
     let mut next = 0usize;
     for _ in 0..count {
         let at = data.saturating_add(next);
-        let Some(spec) = buf.get(at..at + TARGET_SPEC_SIZE) else {
+        let (Some(spec), Some(text)) = (buf.get(at..at + TARGET_SPEC_SIZE), buf.get(at + TARGET_SPEC_SIZE..)) else {
             return bad("target outside the buffer");
         };
-        let text = &buf[at + TARGET_SPEC_SIZE..];
         let Some(end) = text.iter().position(|&b| b == 0) else {
             return bad("unterminated status");
         };
         targets.push(Target {
             start: get_u64(spec, 0),
             length: get_u64(spec, 8),
-            kind: c_string(&spec[24..24 + TARGET_TYPE_LEN]),
-            text: String::from_utf8_lossy(&text[..end]).into_owned(),
+            kind: c_string(spec.get(24..24 + TARGET_TYPE_LEN).unwrap_or_default()),
+            text: String::from_utf8_lossy(text.get(..end).unwrap_or_default()).into_owned(),
         });
         next = get_u32(spec, 20) as usize;
     }
@@ -152,27 +150,39 @@ pub fn decode_status(buf: &[u8]) -> Result<Vec<Target>, DmError> {
 
 fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    String::from_utf8_lossy(b.get(..end).unwrap_or(b)).into_owned()
 }
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+// Bounds-checked field access: this runs in PID 1, so a layout mistake must
+// become an error, never a panic.
+fn put(b: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), DmError> {
+    at.checked_add(bytes.len())
+        .and_then(|end| b.get_mut(at..end))
+        .map(|dst| dst.copy_from_slice(bytes))
+        .ok_or_else(|| DmError::Encoding(format!("field at {at} (+{}) is outside the {}-byte buffer", bytes.len(), b.len())))
 }
 
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+fn put_u32(b: &mut [u8], at: usize, v: u32) -> Result<(), DmError> {
+    put(b, at, &v.to_ne_bytes())
 }
 
+fn put_u64(b: &mut [u8], at: usize, v: u64) -> Result<(), DmError> {
+    put(b, at, &v.to_ne_bytes())
+}
+
+/// Reads past the end give 0; callers check lengths where it matters.
 fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_ne_bytes(x)
+    b.get(at..at.saturating_add(4))
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map(u32::from_ne_bytes)
+        .unwrap_or(0)
 }
 
 fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_ne_bytes(x)
+    b.get(at..at.saturating_add(8))
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_ne_bytes)
+        .unwrap_or(0)
 }
 
 /// An open `/dev/mapper/control`.

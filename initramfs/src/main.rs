@@ -7,6 +7,12 @@
 //! reboots after 5 s, so systemd-boot's counter falls back to the other
 //! slot; there is never a shell.
 
+// PID 1 must not panic: outside tests, every fallible call is handled.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
 mod dm;
 mod error;
 mod report;

@@ -21,6 +21,7 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
     let prepared = crate::image::prepare(ws, &out)?;
     let nodectl = crate::programs::build_nodectl(ws, false)?;
     let modules = kernel_modules(ws)?;
+    pid1_lints(ws)?;
 
     let mut cmd = ws.cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast", "--", TEST_THREADS])
@@ -64,6 +65,15 @@ pub fn test(ws: &Workspace, test_args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The PID 1 programs deny unwrap/expect/panic/indexing outside tests;
+/// clippy is what enforces it.
+fn pid1_lints(ws: &Workspace) -> Result<()> {
+    let mut cmd = ws.cargo();
+    cmd.args(["clippy", "--quiet", "-p", "caisson-init", "-p", "node-agent", "--", "-D", "warnings"]);
+    println!("xtask: {}", describe(&cmd));
+    crate::workspace::run(&mut cmd).context("PID 1 lints failed (is clippy installed? `rustup component add clippy`)")
 }
 
 /// Where caisson-kmod's real-tree test finds a Debian kernel's modules.

@@ -105,6 +105,8 @@ fn start(mode: Mode) -> Fixture {
     let other_pair = caisson_pki::generate_ca("other").unwrap();
     let other = Ca::from_pem(&other_pair.cert_pem, &other_pair.key_pem).unwrap();
     write_pair(dir.path(), "stranger", &other.issue_client("mallory", Role::Admin, 1).unwrap());
+    // Issued by our CA but already past its notAfter.
+    write_pair(dir.path(), "expired", &ca.issue_client("old-admin", Role::Admin, -1).unwrap());
 
     let audit = Arc::new(AuditLog::new(dir.path().join("audit.jsonl")));
     let server_pair = ca.issue_server("localhost", &["127.0.0.1".into()], 1).unwrap();
@@ -215,6 +217,19 @@ fn a_certificate_from_another_ca_fails_the_handshake_and_is_audited() {
     assert_eq!(last.endpoint, "tls");
     assert!(last.cn.starts_with("mallory"), "{last:?}");
     assert!(last.result.contains("refused"), "{last:?}");
+}
+
+#[test]
+fn an_expired_certificate_fails_the_handshake_and_is_audited() {
+    let f = start(Mode::Normal);
+    let r = f.curl("expired", "POST", "/v1/reboot", None);
+    assert_ne!(r.curl_exit, 0, "handshake should fail: {}", r.body);
+    assert_eq!(f.node.reboots.load(Ordering::SeqCst), 0);
+    let last = f.audit.tail(1).unwrap();
+    let last = last.first().expect("an audit line for the TLS refusal");
+    assert_eq!(last.endpoint, "tls");
+    assert!(last.cn.starts_with("old-admin"), "{last:?}");
+    assert!(last.result.to_lowercase().contains("expired"), "{last:?}");
 }
 
 #[test]

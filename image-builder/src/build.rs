@@ -269,6 +269,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let mut root = RootBuilder::new();
     steps.run("root tree", || {
         root.skeleton(&spec.image.name, &spec.image.version, &stage("os-release"))?;
+        root.base_cmdline(&spec.kernel.cmdline, &stage("cmdline"))?;
         root.add_file("agent", paths::AGENT_PATH, &agent, 0o755)?;
         if let Some(config) = &machine_config {
             config.embed(&mut root, &stage("machine-config.toml"))?;

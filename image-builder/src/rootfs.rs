@@ -1,5 +1,5 @@
 //! The root file system of an image, assembled as a sorted [`FsTree`]:
-//! skeleton (usr-merge links, mount points, os-release), the agent, payload
+//! skeleton (usr-merge links, mount points, os-release, base command line), the agent, payload
 //! files with their symlink chains, libraries and kernel modules, with a
 //! byte count per component for the build report.
 
@@ -78,6 +78,21 @@ impl RootBuilder {
             source: Some(os_release_file.to_path_buf()),
         };
         self.insert("skeleton", paths::OS_RELEASE.trim_start_matches('/'), node)
+    }
+
+    /// `usr/lib/caisson/cmdline`: the base command line, one line, for the
+    /// agent to rebuild the boot entry's options with the config's args.
+    pub(crate) fn base_cmdline(
+        &mut self,
+        words: &[String],
+        staged: &Path,
+    ) -> Result<(), BuildError> {
+        let text = base_cmdline(words);
+        std::fs::write(staged, &text).map_err(|source| BuildError::Staging {
+            path: staged.to_path_buf(),
+            source,
+        })?;
+        self.add_file("skeleton", paths::BASE_CMDLINE, staged, 0o644)
     }
 
     pub(crate) fn add_file(
@@ -176,9 +191,26 @@ impl RootBuilder {
     }
 }
 
+/// The words, space-separated, one line.
+pub fn base_cmdline(words: &[String]) -> String {
+    format!("{}\n", words.join(" "))
+}
+
 pub fn os_release(name: &str, version: &str) -> String {
     format!(
         "NAME=\"Caisson\"\nID=caisson\nVERSION=\"{version}\"\nVERSION_ID={version}\n\
          PRETTY_NAME=\"Caisson {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_command_line_is_the_spec_words_on_one_line() {
+        let words = ["console=ttyS0,115200".to_string(), "quiet".to_string()];
+        assert_eq!(base_cmdline(&words), "console=ttyS0,115200 quiet\n");
+        assert_eq!(base_cmdline(&[]), "\n");
+    }
 }

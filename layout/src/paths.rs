@@ -6,6 +6,10 @@ pub const SYSROOT: &str = "/sysroot";
 pub const AGENT_PATH: &str = "/usr/bin/node-agent";
 /// os-release of the image, carrying its version.
 pub const OS_RELEASE: &str = "/usr/lib/os-release";
+/// The image's base kernel command line (the spec's `[kernel] cmdline`
+/// words, one line): what the agent puts after an entry's `caisson.*` words
+/// and before the machine config's `kernel.args` when it rewrites the entry.
+pub const BASE_CMDLINE: &str = "/usr/lib/caisson/cmdline";
 /// Kernel modules of the image: `<MODULES_ROOT>/<kernel release>/`.
 pub const MODULES_ROOT: &str = "/usr/lib/modules";
 /// In the initramfs: the modules `init` must load, one name per line. Their

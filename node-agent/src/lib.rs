@@ -14,6 +14,7 @@
 )]
 pub mod api;
 pub mod boot;
+pub mod bootentry;
 pub mod cgroup;
 pub mod coldplug;
 pub mod config;

@@ -26,6 +26,7 @@ use caisson_config::{Api, MachineConfig};
 use tracing::{error, info, warn};
 
 use super::{Active, Node, Running};
+use crate::bootentry::Outcome;
 use crate::config::tryout::timeout_from;
 use crate::config::{plan, ApplyPlan, Source};
 use crate::power::{self, ShutdownAction};
@@ -153,6 +154,7 @@ impl Node {
             ApplyMode::Staged => {
                 self.persist(&req.config, old.as_ref())?;
                 response.needs_reboot = p.all_at_next_boot(&new, &hostname);
+                self.args_to_entry(old_config, &new, &mut response.needs_reboot);
                 info!(
                     "config: staged {} change(s) on STATE for the next boot",
                     response.changes.len()
@@ -162,6 +164,7 @@ impl Node {
             ApplyMode::Reboot => {
                 self.persist(&req.config, old.as_ref())?;
                 response.needs_reboot = p.all_at_next_boot(&new, &hostname);
+                self.args_to_entry(old_config, &new, &mut response.needs_reboot);
                 info!(
                     "config: saved {} change(s) on STATE; rebooting to apply them",
                     response.changes.len()
@@ -171,9 +174,11 @@ impl Node {
             }
             ApplyMode::Auto | ApplyMode::NoReboot => {
                 let saved = self.persist(&req.config, old.as_ref())?;
+                let old_args = old_config.map(|o| o.kernel.args.clone());
                 response.applied = self
                     .apply_live(&mut running, old, active, &p, Some(saved))
                     .await?;
+                self.args_to_entry_from(old_args.as_deref(), &new, &mut response.needs_reboot);
                 let reboot = if p.needs_reboot.is_empty() {
                     String::new()
                 } else {
@@ -317,8 +322,78 @@ impl Node {
             )));
         }
         info!("config: try-mode apply confirmed; saved on STATE");
+        // Only now: an unconfirmed try must not outlive a reboot.
+        if previous.config.kernel.args != current.config.kernel.args {
+            let said = self.write_kernel_args(&current.config.kernel.args);
+            info!("config: {said}");
+        }
         Ok(())
     }
+
+    /// When `new` changes the kernel arguments, write them into the
+    /// running entry and say so in place of the plan's sentence.
+    fn args_to_entry(
+        &self,
+        old: Option<&MachineConfig>,
+        new: &MachineConfig,
+        needs_reboot: &mut Vec<String>,
+    ) {
+        let old_args = old.map(|o| o.kernel.args.as_slice());
+        self.args_to_entry_from(old_args, new, needs_reboot);
+    }
+
+    fn args_to_entry_from(
+        &self,
+        old_args: Option<&[String]>,
+        new: &MachineConfig,
+        needs_reboot: &mut Vec<String>,
+    ) {
+        if old_args.unwrap_or(&[]) == new.kernel.args.as_slice() {
+            return;
+        }
+        let said = self.write_kernel_args(&new.kernel.args);
+        match needs_reboot.iter_mut().find(|n| is_args_sentence(n)) {
+            Some(n) => *n = said,
+            None => needs_reboot.push(said),
+        }
+    }
+
+    /// Write `args` into the running slot's boot entry. The sentence for
+    /// `needs_reboot`; a failure is logged and said, not fatal: the config
+    /// is saved and the next boot tries again.
+    pub(crate) fn write_kernel_args(&self, args: &[String]) -> String {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut load = |name: &'static str| -> Result<(), String> {
+            let m = modules
+                .as_mut()
+                .ok_or("the module index could not be read at boot (see phase coldplug)")?;
+            m.loader
+                .load_with_deps(name)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        match self.host.write_boot_entry(args, &mut load) {
+            Ok(Outcome::Written(file)) => {
+                info!(
+                    "boot entry: wrote kernel.args [{}] to {file}",
+                    args.join(" ")
+                );
+                format!("kernel.args: written to the boot entry {file}; effective after a reboot")
+            }
+            Ok(Outcome::Unchanged(file)) => format!(
+                "kernel.args: the boot entry {file} has them already; effective after a reboot"
+            ),
+            Err(e) => {
+                error!("{e}");
+                format!("kernel.args: saved in the config, but not in the boot entry: {e}; the next boot tries again")
+            }
+        }
+    }
+}
+
+/// The plan's (or our) sentence about `kernel.args`.
+pub(crate) fn is_args_sentence(sentence: &str) -> bool {
+    sentence.starts_with("kernel.args:")
 }
 
 fn mode_name(mode: ApplyMode) -> &'static str {

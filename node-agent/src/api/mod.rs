@@ -18,7 +18,7 @@ use caisson_api::server::LogLines;
 use caisson_api::types::{ApplyRequest, ApplyResponse, Health, ServiceStatus, VersionInfo};
 use caisson_api::{ApiError, Mode, NodeOps};
 use caisson_config::MachineConfig;
-use caisson_layout::paths::{DATA_MOUNT, STATE_MOUNT};
+use caisson_layout::paths::{BASE_CMDLINE, DATA_MOUNT, STATE_MOUNT};
 use tokio::sync::{mpsc, Notify};
 use tracing::{error, info, warn};
 
@@ -29,7 +29,7 @@ use crate::config::{plan, sysctl, ApplyPlan, LiveStep};
 use crate::network::NetworkBackend;
 use crate::power::{self, ShutdownAction, ShutdownReason};
 use crate::store::ConfigStore;
-use crate::{etc, health, logs, mounts, reset};
+use crate::{bootentry, etc, health, logs, mounts, reset};
 
 /// Facts about this boot that never change while it runs.
 #[derive(Debug, Clone)]
@@ -63,11 +63,21 @@ impl Default for Paths {
     }
 }
 
-/// The two things the agent does to the machine that a test cannot:
-/// set the kernel's host name and ask what is mounted.
+/// What the agent does to the machine that a test cannot: set the kernel's
+/// host name, ask what is mounted, and rewrite the boot entry on the ESP.
 pub trait Host: Send + Sync + 'static {
     fn set_hostname(&self, name: &str) -> Result<(), String>;
     fn is_mounted(&self, path: &Path) -> bool;
+    /// Put `args` into the running slot's boot entry; `load` loads a
+    /// kernel module that mounting the ESP needs.
+    fn write_boot_entry(
+        &self,
+        args: &[String],
+        load: &mut dyn FnMut(&'static str) -> Result<(), String>,
+    ) -> Result<bootentry::Outcome, String>;
+    /// Whether this boot ran with other arguments than the image's base
+    /// command line and `args` (or cannot tell).
+    fn booted_without(&self, args: &[String]) -> bool;
 }
 
 /// The real machine.
@@ -82,6 +92,25 @@ impl Host for RealHost {
         mounts::current_mounts()
             .map(|table| mounts::mountinfo::is_mount_point(&table, path))
             .unwrap_or(false)
+    }
+
+    fn write_boot_entry(
+        &self,
+        args: &[String],
+        load: &mut dyn FnMut(&'static str) -> Result<(), String>,
+    ) -> Result<bootentry::Outcome, String> {
+        bootentry::update(args, load).map_err(|e| e.to_string())
+    }
+
+    fn booted_without(&self, args: &[String]) -> bool {
+        let Ok(base) = bootentry::read_base(Path::new(BASE_CMDLINE)) else {
+            return true;
+        };
+        let Ok(running) = std::fs::read_to_string("/proc/cmdline") else {
+            return true;
+        };
+        let wanted: Vec<String> = base.into_iter().chain(args.iter().cloned()).collect();
+        bootentry::extra_words(&running) != wanted
     }
 }
 
@@ -322,8 +351,17 @@ impl Node {
                 self.make_current(&mut running, Some(active), "");
                 drop(running);
                 let p = plan(None, &config);
-                for r in &p.needs_reboot {
+                // The arguments are for this boot's entry, handled below.
+                for r in p
+                    .needs_reboot
+                    .iter()
+                    .filter(|r| !apply::is_args_sentence(r))
+                {
                     warn!("config: {r}");
+                }
+                if self.host.booted_without(&config.kernel.args) {
+                    let said = self.write_kernel_args(&config.kernel.args);
+                    info!("config: {said}");
                 }
                 for n in &p.notes {
                     info!("config: {n}");

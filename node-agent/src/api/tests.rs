@@ -82,6 +82,8 @@ impl NetworkBackend for FakeNet {
 struct FakeHost {
     hostname: Arc<Mutex<String>>,
     state_mounted: bool,
+    /// The args of each boot entry write.
+    entry_args: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 impl Host for FakeHost {
@@ -92,13 +94,27 @@ impl Host for FakeHost {
     fn is_mounted(&self, _: &Path) -> bool {
         self.state_mounted
     }
+    fn write_boot_entry(
+        &self,
+        args: &[String],
+        _: &mut dyn FnMut(&'static str) -> Result<(), String>,
+    ) -> Result<crate::bootentry::Outcome, String> {
+        self.entry_args.lock().unwrap().push(args.to_vec());
+        Ok(crate::bootentry::Outcome::Written(ENTRY.to_string()))
+    }
+    fn booted_without(&self, _: &[String]) -> bool {
+        false
+    }
 }
+
+const ENTRY: &str = "caisson-0.1.0-a+3.conf";
 
 struct Fixture {
     dir: tempfile::TempDir,
     node: Arc<Node>,
     net: Arc<FakeNet>,
     hostname: Arc<Mutex<String>>,
+    entry_args: Arc<Mutex<Vec<Vec<String>>>>,
     power: mpsc::Receiver<Request>,
 }
 
@@ -130,9 +146,11 @@ impl Fixture {
         };
         let net = Arc::new(FakeNet::default());
         let hostname = Arc::new(Mutex::new(String::new()));
+        let entry_args = Arc::new(Mutex::new(Vec::new()));
         let host = FakeHost {
             hostname: hostname.clone(),
             state_mounted,
+            entry_args: entry_args.clone(),
         };
         let (tx, power) = mpsc::channel(4);
         let node = Node::new(facts, paths, net.clone(), Box::new(host), None, tx);
@@ -141,6 +159,7 @@ impl Fixture {
             node,
             net,
             hostname,
+            entry_args,
             power,
         }
     }
@@ -553,4 +572,75 @@ async fn an_offered_host_name_is_used_only_while_the_config_names_none() {
 
     f.net.offer_hostname(None);
     hostname_becomes(&f, "caisson-0000abcd").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kernel_args_are_written_to_the_boot_entry_when_they_change_and_are_saved() {
+    let f = Fixture::new(true);
+    let with_args = config("node-1", "[kernel]\nargs = [\"nowatchdog\"]");
+    let r = f.apply(&with_args, ApplyMode::Auto).await.unwrap();
+    assert_eq!(
+        r.needs_reboot,
+        [format!(
+            "kernel.args: written to the boot entry {ENTRY}; effective after a reboot"
+        )]
+    );
+    assert_eq!(
+        *f.entry_args.lock().unwrap(),
+        [vec!["nowatchdog".to_string()]]
+    );
+
+    // The same args again: no write.
+    let r = f
+        .apply(
+            &config("node-2", "[kernel]\nargs = [\"nowatchdog\"]"),
+            ApplyMode::Auto,
+        )
+        .await
+        .unwrap();
+    assert!(r.needs_reboot.is_empty(), "{:?}", r.needs_reboot);
+    assert_eq!(f.entry_args.lock().unwrap().len(), 1);
+
+    // Staged writes them too, in place of the plan's sentence.
+    let r = f
+        .apply(&config("node-2", ""), ApplyMode::Staged)
+        .await
+        .unwrap();
+    let args: Vec<_> = r
+        .needs_reboot
+        .iter()
+        .filter(|n| n.starts_with("kernel.args"))
+        .collect();
+    assert_eq!(args.len(), 1, "{:?}", r.needs_reboot);
+    assert!(args[0].contains("written to the boot entry"), "{args:?}");
+    assert_eq!(f.entry_args.lock().unwrap().last(), Some(&Vec::new()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_try_writes_the_boot_entry_only_once_confirmed() {
+    let f = Fixture::new(true);
+    f.apply(&config("node-1", ""), ApplyMode::Auto)
+        .await
+        .unwrap();
+    let r = f
+        .node
+        .apply_config(ApplyRequest {
+            config: config("node-1", "[kernel]\nargs = [\"nowatchdog\"]"),
+            mode: ApplyMode::Try,
+            dry_run: false,
+            try_timeout_secs: Some(30),
+        })
+        .await
+        .unwrap();
+    assert!(
+        r.needs_reboot[0].starts_with("kernel.args: [] -> [nowatchdog]"),
+        "{:?}",
+        r.needs_reboot
+    );
+    assert!(f.entry_args.lock().unwrap().is_empty());
+    f.node.confirm_config().await.unwrap();
+    assert_eq!(
+        *f.entry_args.lock().unwrap(),
+        [vec!["nowatchdog".to_string()]]
+    );
 }

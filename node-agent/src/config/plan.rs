@@ -33,11 +33,10 @@ pub struct ApplyPlan {
     pub notes: Vec<String>,
 }
 
-/// How the kernel arguments' reboot is explained until the boot entry is
-/// written by the agent.
+/// How the kernel arguments' reboot is explained before the apply writes
+/// them (dry runs, `no-reboot`'s refusal, try mode until confirmed).
 pub const KERNEL_ARGS_LATER: &str =
-    "writing them into the ESP boot entry comes with A/B upgrades; \
-     until then they are saved in the config only";
+    "written to the running slot's boot entry when the config is saved";
 
 /// The steps from `old` (None: maintenance mode, nothing applied) to `new`.
 pub fn plan(old: Option<&MachineConfig>, new: &MachineConfig) -> ApplyPlan {
@@ -205,7 +204,7 @@ mod tests {
         assert_eq!(p.needs_reboot.len(), 1);
         assert!(p.needs_reboot[0]
             .starts_with("kernel.args: [] -> [mitigations=off] take effect at boot"));
-        assert!(p.needs_reboot[0].contains("A/B upgrades"));
+        assert!(p.needs_reboot[0].contains("boot entry"));
     }
 
     #[test]

@@ -13,9 +13,12 @@ use thiserror::Error;
 use crate::build::BuildError;
 use crate::rootfs::RootBuilder;
 
-/// Where `node-agent` reads it (`config::source::EMBEDDED_CONFIG` there),
+/// Where `node-agent` reads it (`caisson_layout::paths::EMBEDDED_CONFIG`),
 /// relative to the root.
-pub const EMBEDDED_CONFIG: &str = "usr/lib/caisson/config.toml";
+pub fn embedded_path() -> &'static str {
+    caisson_layout::paths::EMBEDDED_CONFIG.trim_start_matches('/')
+}
+
 /// Only PID 1 reads it, and it may hold the cluster CA key.
 pub const MODE: u32 = 0o600;
 
@@ -64,13 +67,13 @@ impl MachineConfigFile {
     }
 
     /// Put the validated text (not the file, which may have changed since)
-    /// into the root at [`EMBEDDED_CONFIG`], staged as `staged`.
+    /// into the root at [`embedded_path`], staged as `staged`.
     pub(crate) fn embed(&self, root: &mut RootBuilder, staged: &Path) -> Result<(), BuildError> {
         std::fs::write(staged, &self.text).map_err(|source| BuildError::Staging {
             path: staged.to_path_buf(),
             source,
         })?;
-        root.add_file("machine config", EMBEDDED_CONFIG, staged, MODE)
+        root.add_file("machine config", embedded_path(), staged, MODE)
     }
 }
 
@@ -109,7 +112,7 @@ mod tests {
         let staged = dir.path().join("config.toml");
         config.embed(&mut root, &staged).unwrap();
         assert_eq!(
-            root.tree.get(EMBEDDED_CONFIG),
+            root.tree.get(embedded_path()),
             Some(&Node::File {
                 mode: 0o600,
                 size: text.len() as u64,

@@ -6,6 +6,9 @@ pub const SYSROOT: &str = "/sysroot";
 pub const AGENT_PATH: &str = "/usr/bin/node-agent";
 /// os-release of the image, carrying its version.
 pub const OS_RELEASE: &str = "/usr/lib/os-release";
+/// A machine config embedded in the image (`image-builder build --config`),
+/// the second config source after STATE.
+pub const EMBEDDED_CONFIG: &str = "/usr/lib/caisson/config.toml";
 /// The image's base kernel command line (the spec's `[kernel] cmdline`
 /// words, one line): what the agent puts after an entry's `caisson.*` words
 /// and before the machine config's `kernel.args` when it rewrites the entry.

@@ -1,5 +1,4 @@
-//! Just enough of the GPT to find partitions in a raw image, independently
-//! of the builder's own code, plus copying a partition out to a file.
+//! Finding partitions in a raw image, and copying one out to a file.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,52 +30,24 @@ impl Partition {
     }
 }
 
-/// The used entries of the primary GPT of `image`.
+/// The used entries of the GPT of `image`, read with the same CRC-checked
+/// reader `init` uses (caisson-devices); `sgdisk -v` is the independent check.
 pub fn partitions(image: &Path) -> Result<Vec<Partition>> {
-    let err = |message: String| HarnessError::Disk {
+    let entries = caisson_devices::read_gpt(image).map_err(|e| HarnessError::Disk {
         image: image.to_path_buf(),
-        message,
-    };
-    let mut f = File::open(image).map_err(HarnessError::io("cannot open", image))?;
-    let mut header = [0u8; 92];
-    f.seek(SeekFrom::Start(SECTOR))
-        .and_then(|_| f.read_exact(&mut header))
-        .map_err(HarnessError::io("cannot read GPT header of", image))?;
-    if &header[0..8] != b"EFI PART" {
-        return Err(err("no GPT header at LBA 1".into()));
-    }
-    let entries_lba = u64_at(&header, 72);
-    let count = u32_at(&header, 80) as usize;
-    let entry_size = u32_at(&header, 84) as usize;
-    if entry_size < 128 || count > 1024 {
-        return Err(err(format!(
-            "implausible GPT: {count} entries of {entry_size} bytes"
-        )));
-    }
-    let mut table = vec![0u8; count * entry_size];
-    f.seek(SeekFrom::Start(entries_lba * SECTOR))
-        .and_then(|_| f.read_exact(&mut table))
-        .map_err(HarnessError::io("cannot read GPT entries of", image))?;
-    let mut found = Vec::new();
-    for (i, e) in table.chunks(entry_size).enumerate() {
-        if e[0..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        let name: Vec<u16> = e[56..128]
-            .chunks(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&c| c != 0)
-            .collect();
-        found.push(Partition {
-            number: i as u32 + 1,
-            name: String::from_utf16_lossy(&name),
-            type_guid: guid_text(&e[0..16]),
-            unique_guid: guid_text(&e[16..32]),
-            first_lba: u64_at(e, 32),
-            last_lba: u64_at(e, 40),
-        });
-    }
-    Ok(found)
+        message: e.to_string(),
+    })?;
+    Ok(entries
+        .into_iter()
+        .map(|e| Partition {
+            number: e.number,
+            name: e.label,
+            type_guid: e.type_guid.to_string(),
+            unique_guid: e.guid.to_string(),
+            first_lba: e.first_lba,
+            last_lba: e.last_lba,
+        })
+        .collect())
 }
 
 /// The partition named `label` (e.g. "ESP", "ROOT-A").
@@ -115,37 +86,4 @@ pub fn extract(image: &Path, part: &Partition, dest: &Path) -> Result<PathBuf> {
     out.set_len(part.size())
         .map_err(HarnessError::io("cannot size", dest))?;
     Ok(dest.to_path_buf())
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
-/// GPT stores the first three GUID fields little-endian.
-fn guid_text(b: &[u8]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guids_are_mixed_endian() {
-        // The ESP type GUID as it is stored on disk.
-        let raw = [
-            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
-            0xc9, 0x3b,
-        ];
-        assert_eq!(guid_text(&raw), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-    }
 }

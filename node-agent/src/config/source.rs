@@ -18,7 +18,7 @@ use caisson_config::{ConfigErrors, MachineConfig};
 use crate::store::ConfigStore;
 
 /// The config the image builder embeds.
-pub const EMBEDDED_CONFIG: &str = "/usr/lib/caisson/config.toml";
+pub use caisson_layout::paths::EMBEDDED_CONFIG;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

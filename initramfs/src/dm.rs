@@ -295,7 +295,7 @@ mod tests {
         let mut buf = encode("r", 0, &[], 0).unwrap();
         // major 254, minor 0x123: (minor & 0xff) | major << 8 | (minor & ~0xff) << 12
         let dev: u64 = 0x23 | (254 << 8) | (0x100 << 12);
-        put_u64(&mut buf, OFF_DEV, dev);
+        put_u64(&mut buf, OFF_DEV, dev).unwrap();
         assert_eq!(
             decode_dev(&buf),
             DevNumber {
@@ -311,18 +311,18 @@ mod tests {
         // counted from the data area.
         let mut buf = encode("r", 0, &[verity("V"), verity("C")], 0).unwrap();
         // Our encoder's `next` is per spec; the kernel's is from the start.
-        put_u32(&mut buf, 312 + 20, 48);
-        put_u32(&mut buf, 312 + 48 + 20, 96);
+        put_u32(&mut buf, 312 + 20, 48).unwrap();
+        put_u32(&mut buf, 312 + 48 + 20, 96).unwrap();
         let targets = decode_status(&buf).unwrap();
         assert_eq!(
             targets.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
             ["V", "C"]
         );
         assert_eq!(targets[0].kind, "verity");
-        put_u32(&mut buf, OFF_FLAGS, DM_BUFFER_FULL_FLAG);
+        put_u32(&mut buf, OFF_FLAGS, DM_BUFFER_FULL_FLAG).unwrap();
         assert!(decode_status(&buf).is_err());
-        put_u32(&mut buf, OFF_FLAGS, 0);
-        put_u32(&mut buf, OFF_TARGET_COUNT, 3);
+        put_u32(&mut buf, OFF_FLAGS, 0).unwrap();
+        put_u32(&mut buf, OFF_TARGET_COUNT, 3).unwrap();
         assert!(
             decode_status(&buf).is_err(),
             "a count past the buffer is an error"

@@ -118,34 +118,28 @@ fn load_ca(dir: &Path) -> Result<Ca> {
     Ok(ca)
 }
 
+/// `<name>.crt` (0644) and `<name>.key` (0600) in `out`.
+fn write_pair(out: &Path, name: &str, pair: &caisson_pki::CertKey, force: bool) -> Result<()> {
+    write_new(
+        &out.join(format!("{name}.crt")),
+        pair.cert_pem.as_bytes(),
+        0o644,
+        force,
+    )?;
+    write_new(
+        &out.join(format!("{name}.key")),
+        pair.key_pem.as_bytes(),
+        0o600,
+        force,
+    )
+}
+
 fn secrets(out: &Path, cluster: &str, force: bool) -> Result<()> {
     let ca_pair = caisson_pki::generate_ca(cluster)?;
     let ca = Ca::from_pem(&ca_pair.cert_pem, &ca_pair.key_pem)?;
     let admin = ca.issue_client("admin", Role::Admin, CLIENT_DAYS)?;
-    write_new(
-        &out.join("ca.crt"),
-        ca_pair.cert_pem.as_bytes(),
-        0o644,
-        force,
-    )?;
-    write_new(
-        &out.join("ca.key"),
-        ca_pair.key_pem.as_bytes(),
-        0o600,
-        force,
-    )?;
-    write_new(
-        &out.join("admin.crt"),
-        admin.cert_pem.as_bytes(),
-        0o644,
-        force,
-    )?;
-    write_new(
-        &out.join("admin.key"),
-        admin.key_pem.as_bytes(),
-        0o600,
-        force,
-    )?;
+    write_pair(out, "ca", &ca_pair, force)?;
+    write_pair(out, "admin", &admin, force)?;
     println!(
         "wrote the cluster CA and an admin certificate to {}",
         out.display()
@@ -160,18 +154,7 @@ fn client(secrets: &Path, out: &Path, cn: &str, role: Role, force: bool) -> Resu
     }
     let ca = load_ca(secrets)?;
     let c = ca.issue_client(cn, role, CLIENT_DAYS)?;
-    write_new(
-        &out.join(format!("{cn}.crt")),
-        c.cert_pem.as_bytes(),
-        0o644,
-        force,
-    )?;
-    write_new(
-        &out.join(format!("{cn}.key")),
-        c.key_pem.as_bytes(),
-        0o600,
-        force,
-    )?;
+    write_pair(out, cn, &c, force)?;
     println!(
         "issued a {role} certificate for {cn:?} in {}",
         out.display()

@@ -27,12 +27,15 @@ pub enum Endpoint {
     Shutdown,
     Reset,
     Audit,
+    Upgrade,
+    UpgradeFetch,
+    Rollback,
 }
 
 use Role::{Admin, Operator, Reader};
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 16] = [
         Endpoint::Version,
         Endpoint::Health,
         Endpoint::ConfigGet,
@@ -46,6 +49,9 @@ impl Endpoint {
         Endpoint::Shutdown,
         Endpoint::Reset,
         Endpoint::Audit,
+        Endpoint::Upgrade,
+        Endpoint::UpgradeFetch,
+        Endpoint::Rollback,
     ];
 
     /// The role table.
@@ -58,6 +64,9 @@ impl Endpoint {
             Endpoint::ServiceRestart | Endpoint::Reboot | Endpoint::Shutdown => &[Admin, Operator],
             Endpoint::Reset => &[Admin],
             Endpoint::Audit => &[Admin, Operator],
+            // The bundle's signature decides what may be installed; the
+            // role decides who may start it.
+            Endpoint::Upgrade | Endpoint::UpgradeFetch | Endpoint::Rollback => &[Admin, Operator],
         }
     }
 
@@ -74,7 +83,10 @@ impl Endpoint {
             | Endpoint::Reboot
             | Endpoint::Shutdown
             | Endpoint::Reset
-            | Endpoint::Audit => false,
+            | Endpoint::Audit
+            | Endpoint::Upgrade
+            | Endpoint::UpgradeFetch
+            | Endpoint::Rollback => false,
         }
     }
 
@@ -86,7 +98,10 @@ impl Endpoint {
             | Endpoint::ServiceRestart
             | Endpoint::Reboot
             | Endpoint::Shutdown
-            | Endpoint::Reset => true,
+            | Endpoint::Reset
+            | Endpoint::Upgrade
+            | Endpoint::UpgradeFetch
+            | Endpoint::Rollback => true,
             Endpoint::Version
             | Endpoint::Health
             | Endpoint::ConfigGet
@@ -113,6 +128,9 @@ impl Endpoint {
             Endpoint::Shutdown => ("POST", "/v1/shutdown"),
             Endpoint::Reset => ("POST", "/v1/reset"),
             Endpoint::Audit => ("GET", "/v1/audit"),
+            Endpoint::Upgrade => ("POST", "/v1/upgrade"),
+            Endpoint::UpgradeFetch => ("POST", "/v1/upgrade/url"),
+            Endpoint::Rollback => ("POST", "/v1/rollback"),
         }
     }
 
@@ -132,6 +150,9 @@ impl Endpoint {
             Endpoint::Shutdown => "shutdown",
             Endpoint::Reset => "reset",
             Endpoint::Audit => "audit",
+            Endpoint::Upgrade => "upgrade",
+            Endpoint::UpgradeFetch => "upgrade.url",
+            Endpoint::Rollback => "rollback",
         }
     }
 

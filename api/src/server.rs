@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use caisson_pki::ClientIdentity;
+use futures_util::TryStreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -22,11 +23,25 @@ use tokio_rustls::TlsAcceptor;
 use crate::audit::{AuditLog, AuditRecord};
 use crate::endpoint::{Endpoint, Mode};
 use crate::error::ApiError;
-use crate::types::{ApplyRequest, ApplyResponse, Health, LogQuery, ResetRequest, ServiceStatus, VersionInfo};
+use crate::types::{
+    ApplyRequest, ApplyResponse, Health, LogQuery, ResetRequest, RollbackRequest, RollbackResponse, ServiceStatus,
+    UpgradeFetchRequest, UpgradeQuery, UpgradeResponse, VersionInfo,
+};
 
 /// Lines of a log, as the node produces them. The stream ends when the
 /// sender is dropped (history only) or the client goes away (follow).
 pub type LogLines = mpsc::Receiver<String>;
+
+/// An update bundle as it arrives: read it once, in order.
+pub type BundleStream = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Where an upgrade's bundle comes from.
+pub enum UpgradeSource {
+    /// Streamed in the request body.
+    Upload(BundleStream),
+    /// To be fetched by the node (an `http://` mirror on the site).
+    Url(String),
+}
 
 /// What the node does for the API. The node-agent implements it.
 pub trait NodeOps: Send + Sync + 'static {
@@ -44,6 +59,17 @@ pub trait NodeOps: Send + Sync + 'static {
     fn shutdown(&self) -> Result<(), ApiError>;
     /// Wipe STATE and DATA and return to maintenance mode.
     fn reset(&self) -> Result<(), ApiError>;
+    /// Verify a bundle and write it to the inactive slot; `by` is the
+    /// caller's common name. Refuses a second upgrade while one runs.
+    fn upgrade(
+        &self,
+        source: UpgradeSource,
+        stage: bool,
+        by: String,
+    ) -> impl Future<Output = Result<UpgradeResponse, ApiError>> + Send;
+    /// Make the other, known-good slot boot next.
+    fn rollback(&self, req: RollbackRequest, by: String)
+        -> impl Future<Output = Result<RollbackResponse, ApiError>> + Send;
 }
 
 /// Who is calling, established once per connection.
@@ -56,7 +82,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn names(&self) -> (String, String) {
+    pub fn names(&self) -> (String, String) {
         match &self.identity {
             Some(Ok(id)) => (id.common_name.clone(), id.role.to_string()),
             _ => ("-".into(), "-".into()),
@@ -239,6 +265,56 @@ async fn audit_tail<T: NodeOps>(
         .map_err(|e| ApiError::Internal(format!("audit log {}: {e}", app.audit.path().display())))
 }
 
+async fn upgrade<T: NodeOps>(
+    State(app): S<T>,
+    Extension(c): C,
+    Query(q): Query<UpgradeQuery>,
+    body: Body,
+) -> Result<Json<UpgradeResponse>, ApiError> {
+    let args = json!({ "source": "upload", "stage": q.stage });
+    app.authorize(&c, Endpoint::Upgrade, &args)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader: BundleStream = Box::new(tokio_util::io::StreamReader::new(stream));
+    let r = app.ops.upgrade(UpgradeSource::Upload(reader), q.stage, c.names().0).await;
+    app.outcome(&c, Endpoint::Upgrade, upgrade_args(args, &r), &r);
+    r.map(Json)
+}
+
+async fn upgrade_fetch<T: NodeOps>(
+    State(app): S<T>,
+    Extension(c): C,
+    Json(req): Json<UpgradeFetchRequest>,
+) -> Result<Json<UpgradeResponse>, ApiError> {
+    let args = json!({ "source": "url", "url": req.url, "stage": req.stage });
+    app.authorize(&c, Endpoint::UpgradeFetch, &args)?;
+    let r = app.ops.upgrade(UpgradeSource::Url(req.url), req.stage, c.names().0).await;
+    app.outcome(&c, Endpoint::UpgradeFetch, upgrade_args(args, &r), &r);
+    r.map(Json)
+}
+
+/// The audit line of an upgrade names what was installed.
+fn upgrade_args(mut args: serde_json::Value, r: &Result<UpgradeResponse, ApiError>) -> serde_json::Value {
+    if let (Ok(done), Some(map)) = (r, args.as_object_mut()) {
+        map.insert("version".into(), json!(done.version));
+        map.insert("slot".into(), json!(done.slot));
+        map.insert("signed_by".into(), json!(done.signed_by));
+    }
+    args
+}
+
+async fn rollback<T: NodeOps>(
+    State(app): S<T>,
+    Extension(c): C,
+    body: Option<Json<RollbackRequest>>,
+) -> Result<Json<RollbackResponse>, ApiError> {
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let args = json!({ "reboot": req.reboot });
+    app.authorize(&c, Endpoint::Rollback, &args)?;
+    let r = app.ops.rollback(req, c.names().0).await;
+    app.outcome(&c, Endpoint::Rollback, args, &r);
+    r.map(Json)
+}
+
 fn route_path(e: Endpoint) -> &'static str {
     e.route().1
 }
@@ -259,6 +335,9 @@ pub fn router<T: NodeOps>(ops: Arc<T>, audit: Arc<AuditLog>, mode: Mode) -> Rout
         .route(route_path(Endpoint::Shutdown), post(shutdown::<T>))
         .route(route_path(Endpoint::Reset), post(reset::<T>))
         .route(route_path(Endpoint::Audit), get(audit_tail::<T>))
+        .route(route_path(Endpoint::Upgrade), post(upgrade::<T>))
+        .route(route_path(Endpoint::UpgradeFetch), post(upgrade_fetch::<T>))
+        .route(route_path(Endpoint::Rollback), post(rollback::<T>))
         .with_state(app)
 }
 

@@ -11,6 +11,117 @@ pub struct VersionInfo {
     pub hostname: String,
     /// True while the node waits for its first config.
     pub maintenance: bool,
+    /// Both A/B slots, A first.
+    #[serde(default)]
+    pub slots: Vec<SlotInfo>,
+    /// The most recent upgrade (or rollback) and how it ended.
+    #[serde(default)]
+    pub last_upgrade: Option<UpgradeRecord>,
+}
+
+/// What one A/B slot holds and whether it may boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// "a" or "b".
+    pub slot: String,
+    /// The image version in the slot, if known.
+    pub version: Option<String>,
+    /// One of: "running", "known-good", "trying", "bad", "empty".
+    pub state: String,
+    /// The node booted from this slot.
+    pub running: bool,
+    /// For "trying" (and a running slot still on trial): boots left.
+    pub tries_left: Option<u32>,
+    /// The slot's boot entry file on the ESP, if it has one.
+    pub entry: Option<String>,
+    /// Why a slot is bad or empty, when the node knows.
+    pub note: Option<String>,
+}
+
+/// One upgrade or rollback, as the node records it on STATE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRecord {
+    /// "upgrade" or "rollback".
+    pub kind: String,
+    pub from_version: String,
+    pub to_version: String,
+    /// The slot written (upgrade) or made to boot (rollback).
+    pub slot: String,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// "in-progress", "staged", "written", "blessed", "rolled-back: ...",
+    /// "failed: ...".
+    pub outcome: String,
+    /// Common name of the client that asked.
+    pub by: String,
+}
+
+/// `POST /v1/upgrade?stage=true`: the body is the bundle itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeQuery {
+    /// Write the slot but do not reboot.
+    #[serde(default)]
+    pub stage: bool,
+}
+
+/// `POST /v1/upgrade/url`: the node fetches the bundle itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeFetchRequest {
+    /// `http://` URL of the bundle, e.g. on a mirror inside the site.
+    pub url: String,
+    #[serde(default)]
+    pub stage: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeResponse {
+    pub from_version: String,
+    pub version: String,
+    /// The slot written.
+    pub slot: String,
+    /// The boot entry written, with its `+N` counter.
+    pub entry: String,
+    /// Key id of the signature that was accepted; None: unsigned (allowed
+    /// by the config).
+    pub signed_by: Option<String>,
+    /// Bundle bytes read.
+    pub bytes: u64,
+    /// Seconds from the first byte to the entry.
+    pub seconds: f64,
+    /// Root image write throughput, MB/s (10^6 bytes).
+    pub root_write_mb_s: f64,
+    pub staged: bool,
+    pub rebooting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Reboot into the other slot now (default), or only at the next boot.
+    #[serde(default = "yes")]
+    pub reboot: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RollbackRequest {
+    fn default() -> Self {
+        RollbackRequest { reboot: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackResponse {
+    pub from_version: String,
+    /// The slot that boots next, and what it holds.
+    pub slot: String,
+    pub version: String,
+    pub rebooting: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,10 +191,32 @@ pub struct ApplyResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
+    /// "running", "healthy", "backoff 4s", "waiting: data mounted",
+    /// "stopping", "stopped", "failed: exited 1", …
     pub state: String,
     pub healthy: bool,
+    /// Starts after the first.
     pub restarts: u32,
     pub pid: Option<u32>,
+    // Fields below came later: absent from older nodes, ignored by older clients.
+    /// The health probe's last detail, or why it failed.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// How the last process ended: "exited 1", "killed by SIGKILL", …
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    #[serde(default)]
+    pub last_exit_secs_ago: Option<u64>,
+    /// Seconds in the current state.
+    #[serde(default)]
+    pub since_secs: u64,
+    /// The service's cgroup memory.current.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Output lines that did not reach the log file (disk full, too slow);
+    /// the in-memory log has them.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use caisson_api::audit::AuditLog;
-use caisson_api::server::{self, LogLines, NodeOps};
+use caisson_api::server::{self, LogLines, NodeOps, UpgradeSource};
 use caisson_api::types::*;
 use caisson_api::{ApiError, Mode};
 use caisson_pki::{Ca, CertKey, Role};
@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, watch};
 struct FakeNode {
     reboots: AtomicU32,
     resets: AtomicU32,
+    /// Bytes and sha256 of the last uploaded bundle, as the node read it.
+    uploaded: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl NodeOps for FakeNode {
@@ -29,6 +31,8 @@ impl NodeOps for FakeNode {
             kernel: "6.1".into(),
             hostname: "node-1".into(),
             maintenance: false,
+            slots: vec![],
+            last_upgrade: None,
         }
     }
     async fn health(&self) -> Health {
@@ -77,6 +81,38 @@ impl NodeOps for FakeNode {
     fn reset(&self) -> Result<(), ApiError> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    async fn upgrade(&self, source: UpgradeSource, stage: bool, by: String) -> Result<UpgradeResponse, ApiError> {
+        use sha2::Digest;
+        use tokio::io::AsyncReadExt;
+        let UpgradeSource::Upload(mut body) = source else {
+            return Err(ApiError::BadRequest("no fetching here".into()));
+        };
+        let (mut n, mut hash, mut buf) = (0u64, sha2::Sha256::new(), vec![0u8; 8192]);
+        loop {
+            let got = body.read(&mut buf).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if got == 0 {
+                break;
+            }
+            n += got as u64;
+            hash.update(&buf[..got]);
+        }
+        *self.uploaded.lock().unwrap() = Some((n, hex::encode(hash.finalize())));
+        Ok(UpgradeResponse {
+            from_version: "0.1.0".into(),
+            version: "0.2.0".into(),
+            slot: "b".into(),
+            entry: "caisson-0.2.0-b+3.conf".into(),
+            signed_by: Some(by),
+            bytes: n,
+            seconds: 0.0,
+            root_write_mb_s: 0.0,
+            staged: stage,
+            rebooting: !stage,
+        })
+    }
+    async fn rollback(&self, req: RollbackRequest, _by: String) -> Result<RollbackResponse, ApiError> {
+        Ok(RollbackResponse { from_version: "0.2.0".into(), slot: "a".into(), version: "0.1.0".into(), rebooting: req.reboot })
     }
 }
 
@@ -158,7 +194,10 @@ impl Fixture {
             cmd.arg("--key").arg(self.path(&format!("{who}.key")));
         }
         if let Some(b) = body {
-            cmd.args(["-H", "content-type: application/json", "--data", b]);
+            match b.strip_prefix('@') {
+                Some(file) => cmd.args(["-H", "content-type: application/octet-stream", "--data-binary"]).arg(format!("@{file}")),
+                None => cmd.args(["-H", "content-type: application/json", "--data", b]),
+            };
         }
         cmd.arg(format!("https://127.0.0.1:{}{url_path}", self.port));
         let out = cmd.output().expect("curl is installed (cargo xtask test installs it)");
@@ -283,4 +322,46 @@ fn maintenance_mode_serves_only_version_health_and_apply() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("maintenance mode"), "{}", r.body);
     assert_eq!(f.node.reboots.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_uploaded_bundle_streams_through_whole_and_the_upgrade_is_audited_with_its_version() {
+    use sha2::Digest;
+    let f = start(Mode::Normal);
+    // 20 MiB of varied bytes: more than any single buffer on the way.
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let file = f.path("upload.bundle");
+    std::fs::write(&file, &data).unwrap();
+    let arg = format!("@{}", file.display());
+
+    let r = f.curl("reader", "POST", "/v1/upgrade?stage=true", Some(&arg));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(f.node.uploaded.lock().unwrap().is_none(), "a refused upload must not reach the node");
+
+    let r = f.curl("operator", "POST", "/v1/upgrade?stage=true", Some(&arg));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done: UpgradeResponse = serde_json::from_str(&r.body).unwrap();
+    assert!(done.staged && !done.rebooting, "{done:?}");
+    let (n, digest) = f.node.uploaded.lock().unwrap().clone().unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(digest, hex::encode(sha2::Sha256::digest(&data)));
+    let last = f.audit.tail(1).unwrap().pop().unwrap();
+    assert_eq!((last.endpoint.as_str(), last.result.as_str()), ("upgrade", "ok"));
+    assert_eq!(last.args["version"], "0.2.0");
+    assert_eq!(last.args["stage"], true);
+}
+
+#[test]
+fn rollback_defaults_to_rebooting_and_readers_may_not_roll_back() {
+    let f = start(Mode::Normal);
+    let r = f.curl("reader", "POST", "/v1/rollback", None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = f.curl("admin", "POST", "/v1/rollback", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done: RollbackResponse = serde_json::from_str(&r.body).unwrap();
+    assert!(done.rebooting);
+    let r = f.curl("admin", "POST", "/v1/rollback", Some(r#"{"reboot": false}"#));
+    let done: RollbackResponse = serde_json::from_str(&r.body).unwrap();
+    assert!(!done.rebooting, "{}", r.body);
+    assert_eq!(f.audit.tail(1).unwrap()[0].endpoint, "rollback");
 }

@@ -9,7 +9,12 @@ use toml_edit::{ImDocument, Item, Table, Value};
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset.min(text.len())).unwrap_or("");
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -19,20 +24,27 @@ enum Step<'a> {
     Index(usize),
 }
 
+/// `a."b.c"[1].d` → keys and indices; a quoted key may contain dots.
 fn steps(path: &str) -> Vec<Step<'_>> {
     let mut out = Vec::new();
-    for part in path.split('.') {
-        let (key, rest) = match part.find('[') {
-            Some(i) => part.split_at(i),
-            None => (part, ""),
-        };
-        if !key.is_empty() {
-            out.push(Step::Key(key));
-        }
-        for idx in rest.split('[').filter(|s| !s.is_empty()) {
-            if let Ok(n) = idx.trim_end_matches(']').parse() {
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            out.push(Step::Key(&quoted[..end]));
+            rest = quoted.get(end + 1..).unwrap_or("");
+        } else if let Some(index) = rest.strip_prefix('[') {
+            let end = index.find(']').unwrap_or(index.len());
+            if let Ok(n) = index[..end].parse() {
                 out.push(Step::Index(n));
             }
+            rest = index.get(end + 1..).unwrap_or("");
+        } else if let Some(after_dot) = rest.strip_prefix('.') {
+            rest = after_dot;
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            out.push(Step::Key(&rest[..end]));
+            rest = &rest[end..];
         }
     }
     out
@@ -98,19 +110,33 @@ pub fn path_at_line(text: &str, line: usize) -> String {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for (i, raw) in text.lines().enumerate() {
         let l = raw.trim();
-        let header = if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")).map(|(n, _)| n.trim()) {
+        let header = if let Some(name) = l
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .map(|(n, _)| n.trim())
+        {
             let n = counts.entry(name.to_string()).or_insert(0);
             table = format!("{name}[{n}]");
             *n += 1;
             true
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(n, _)| n.trim()) {
+        } else if let Some(name) = l
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(n, _)| n.trim())
+        {
             table = name.to_string();
             true
         } else {
             false
         };
         if i + 1 == line {
-            let key = if header { "" } else { l.split_once('=').map(|(k, _)| k.trim().trim_matches('"')).unwrap_or("") };
+            let key = if header {
+                ""
+            } else {
+                l.split_once('=')
+                    .map(|(k, _)| k.trim().trim_matches('"'))
+                    .unwrap_or("")
+            };
             return match (table.is_empty(), key.is_empty()) {
                 (true, _) => key.to_string(),
                 (false, true) => table,
@@ -131,14 +157,44 @@ mod tests {
     fn splits_paths_into_keys_and_indices() {
         assert_eq!(
             steps("network.interfaces[1].addresses[0]"),
-            vec![Step::Key("network"), Step::Key("interfaces"), Step::Index(1), Step::Key("addresses"), Step::Index(0)]
+            vec![
+                Step::Key("network"),
+                Step::Key("interfaces"),
+                Step::Index(1),
+                Step::Key("addresses"),
+                Step::Index(0)
+            ]
+        );
+        assert_eq!(
+            steps("kubernetes.node_labels.\"topology.kubernetes.io/zone\""),
+            vec![
+                Step::Key("kubernetes"),
+                Step::Key("node_labels"),
+                Step::Key("topology.kubernetes.io/zone")
+            ]
+        );
+        assert_eq!(
+            steps("containerd.registries.\"r.example:5000\".endpoints[1]"),
+            vec![
+                Step::Key("containerd"),
+                Step::Key("registries"),
+                Step::Key("r.example:5000"),
+                Step::Key("endpoints"),
+                Step::Index(1)
+            ]
         );
     }
 
     #[test]
     fn finds_values_inside_arrays_of_tables() {
-        assert_eq!(position_of_path(DOC, "network.interfaces[1].mtu"), Some((8, 7)));
-        assert_eq!(position_of_path(DOC, "network.interfaces[1].addresses[1]"), Some((9, 29)));
+        assert_eq!(
+            position_of_path(DOC, "network.interfaces[1].mtu"),
+            Some((8, 7))
+        );
+        assert_eq!(
+            position_of_path(DOC, "network.interfaces[1].addresses[1]"),
+            Some((9, 29))
+        );
         assert_eq!(position_of_path(DOC, "version"), Some((1, 11)));
     }
 

@@ -1,4 +1,4 @@
-//! What readers may see: the config with secrets masked, and the difference
+//! What readers see: the config with secrets masked, and the difference
 //! between two configs, also masked.
 
 use std::collections::BTreeMap;
@@ -6,32 +6,89 @@ use std::collections::BTreeMap;
 use toml::Value;
 
 use crate::schema::MachineConfig;
-use crate::secret::MASK;
+use crate::secret::{Secret, MASK};
 
-/// Key paths of secrets. `[]` stands for any array index. Adding a `Secret`
-/// field to the schema means adding its path here; a test checks the known
-/// ones.
-pub const SECRET_PATHS: &[&str] = &["api.ca_key", "api.node_key"];
+/// Key paths of secrets. `[]` stands for any array index and `*` for any one
+/// map key. Adding a `Secret` field to the schema means adding its path here
+/// and to [`secrets_mut`]; a test checks that every one is masked.
+pub const SECRET_PATHS: &[&str] = &[
+    "api.ca_key",
+    "api.node_key",
+    "kubernetes.token",
+    "containerd.registries.*.password",
+];
 
-fn is_secret(path: &str) -> bool {
-    let generic = strip_indices(path);
-    SECRET_PATHS.iter().any(|s| *s == generic)
+/// Whether a key path as [`diff`] renders it (`containerd.registries."docker.io".password`)
+/// names a secret.
+pub fn is_secret_path(path: &str) -> bool {
+    let segments = segments(path);
+    SECRET_PATHS.iter().any(|pattern| {
+        let pattern: Vec<&str> = pattern.split('.').collect();
+        pattern.len() == segments.len()
+            && pattern
+                .iter()
+                .zip(&segments)
+                .all(|(p, s)| *p == s || (*p == "*" && !s.ends_with("[]")))
+    })
 }
 
-fn strip_indices(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut in_index = false;
-    for c in path.chars() {
+fn is_secret(path: &str) -> bool {
+    is_secret_path(path)
+}
+
+/// `a."b.c"[3].d` → `["a", "b.c[]", "d"]`: keys unquoted, indices as `[]`.
+fn segments(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
         match c {
+            '"' => current.extend(chars.by_ref().take_while(|&c| c != '"')),
             '[' => {
-                in_index = true;
-                out.push_str("[]");
+                chars.by_ref().take_while(|&c| c != ']').for_each(drop);
+                current.push_str("[]");
             }
-            ']' => in_index = false,
-            c if !in_index => out.push(c),
-            _ => {}
+            '.' => out.push(std::mem::take(&mut current)),
+            c => current.push(c),
         }
     }
+    if !path.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Every secret the config holds, in [`SECRET_PATHS`] order.
+pub fn secrets(config: &MachineConfig) -> Vec<&Secret> {
+    let mut out: Vec<&Secret> = [&config.api.ca_key, &config.api.node_key]
+        .into_iter()
+        .flatten()
+        .collect();
+    out.extend(config.kubernetes.as_ref().and_then(|k| k.token.as_ref()));
+    out.extend(
+        config
+            .containerd
+            .registries
+            .values()
+            .filter_map(|r| r.password.as_ref()),
+    );
+    out
+}
+
+/// Every secret the config holds, to replace (fuzzing, tests).
+pub fn secrets_mut(config: &mut MachineConfig) -> Vec<&mut Secret> {
+    let mut out: Vec<&mut Secret> = [&mut config.api.ca_key, &mut config.api.node_key]
+        .into_iter()
+        .flatten()
+        .collect();
+    out.extend(config.kubernetes.as_mut().and_then(|k| k.token.as_mut()));
+    out.extend(
+        config
+            .containerd
+            .registries
+            .values_mut()
+            .filter_map(|r| r.password.as_mut()),
+    );
     out
 }
 
@@ -47,8 +104,7 @@ fn mask(value: &mut Value, path: &str) {
     match value {
         Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                mask(v, &child);
+                mask(v, &join(path, k));
             }
         }
         Value::Array(a) => {
@@ -77,9 +133,18 @@ pub struct Change {
     pub new: Option<String>,
 }
 
-/// `a.b` plus key `c.d` gives `a.b."c.d"`, so dotted sysctl names stay one key.
+/// `a.b` plus key `c.d` gives `a.b."c.d"`: a key that is not a TOML bare key
+/// (dotted sysctl names, `host:port`, label keys) is quoted, so it stays one key.
 fn join(path: &str, key: &str) -> String {
-    let key = if key.contains('.') { format!("\"{key}\"") } else { key.to_string() };
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("\"{key}\"")
+    };
     if path.is_empty() {
         key
     } else {
@@ -101,7 +166,11 @@ fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, String>) {
             }
         }
         v => {
-            let rendered = if is_secret(&path) { MASK.to_string() } else { v.to_string() };
+            let rendered = if is_secret(&path) {
+                MASK.to_string()
+            } else {
+                v.to_string()
+            };
             out.insert(path, rendered);
         }
     }
@@ -122,8 +191,16 @@ pub fn diff(old: &MachineConfig, new: &MachineConfig) -> Vec<Change> {
     keys.into_iter()
         .filter_map(|k| {
             let (o, n) = (a.get(k), b.get(k));
-            let changed = if is_secret(k) { old_secrets.get(k) != new_secrets.get(k) } else { o != n };
-            changed.then(|| Change { path: k.clone(), old: o.cloned(), new: n.cloned() })
+            let changed = if is_secret(k) {
+                old_secrets.get(k) != new_secrets.get(k)
+            } else {
+                o != n
+            };
+            changed.then(|| Change {
+                path: k.clone(),
+                old: o.cloned(),
+                new: n.cloned(),
+            })
         })
         .collect()
 }
@@ -132,8 +209,7 @@ fn secret_values(value: &Value, path: String, out: &mut BTreeMap<String, String>
     match value {
         Value::Table(t) => {
             for (k, v) in t {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                secret_values(v, child, out);
+                secret_values(v, join(&path, k), out);
             }
         }
         Value::Array(a) => {
@@ -153,9 +229,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_wildcards_match_secret_paths() {
-        assert_eq!(strip_indices("a[3].b[10].c"), "a[].b[].c");
+    fn paths_split_into_unquoted_segments_with_index_wildcards() {
+        assert_eq!(segments("a[3].b[10].c"), ["a[]", "b[]", "c"]);
+        assert_eq!(
+            segments("x.\"docker.io\".password"),
+            ["x", "docker.io", "password"]
+        );
+        assert_eq!(
+            segments("r.\"[2001:db8::1]:5000\".p"),
+            ["r", "[2001:db8::1]:5000", "p"]
+        );
+        assert!(segments("").is_empty());
+    }
+
+    #[test]
+    fn secret_paths_match_with_map_key_wildcards() {
         assert!(is_secret("api.ca_key"));
         assert!(!is_secret("api.ca_cert"));
+        assert!(is_secret("kubernetes.token"));
+        assert!(is_secret(
+            "containerd.registries.\"registry.example:5000\".password"
+        ));
+        assert!(is_secret("containerd.registries.localhost.password"));
+        assert!(!is_secret("containerd.registries.\"docker.io\".username"));
+        assert!(!is_secret("containerd.registries.password"));
     }
 }

@@ -181,6 +181,23 @@ pub fn sibling_by_label_in(
     label: &str,
     roots: &SysRoots,
 ) -> Result<Option<BlockDevice>, DevicesError> {
+    Ok(sibling_partition_in(partition_name, label, roots)?.map(|(dev, _)| dev))
+}
+
+/// Like [`sibling_by_label`], with the partition's GPT entry (its PARTUUID
+/// is `guid`): what an upgrade needs to point a boot entry at the other slot.
+pub fn sibling_partition(
+    partition_name: &str,
+    label: &str,
+) -> Result<Option<(BlockDevice, GptPartition)>, DevicesError> {
+    sibling_partition_in(partition_name, label, &SysRoots::default())
+}
+
+pub fn sibling_partition_in(
+    partition_name: &str,
+    label: &str,
+    roots: &SysRoots,
+) -> Result<Option<(BlockDevice, GptPartition)>, DevicesError> {
     let devices = list_block_devices_in(roots)?;
     let unknown = |name: &str| DevicesError::UnknownDevice {
         name: name.to_string(),
@@ -201,11 +218,9 @@ pub fn sibling_by_label_in(
         .find(|d| d.name == info.parent)
         .ok_or_else(|| unknown(&info.parent))?;
     let entries = read_gpt(&disk.dev_path)?;
-    Ok(entries
-        .iter()
-        .find(|e| e.label == label)
-        .and_then(|e| partition_device(&devices, &disk.name, e.number))
-        .cloned())
+    Ok(entries.into_iter().find(|e| e.label == label).and_then(|e| {
+        partition_device(&devices, &disk.name, e.number).map(|dev| (dev.clone(), e))
+    }))
 }
 
 #[cfg(test)]

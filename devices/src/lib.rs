@@ -16,7 +16,7 @@ mod test_disk;
 
 pub use block::{
     find_partition, find_partition_in, list_block_devices, list_block_devices_in, sibling_by_label,
-    sibling_by_label_in, BlockDevice, PartitionInfo, SysRoots,
+    sibling_by_label_in, sibling_partition, sibling_partition_in, BlockDevice, PartitionInfo, SysRoots,
 };
 pub use error::DevicesError;
 pub use gpt::{read_gpt, GptPartition};

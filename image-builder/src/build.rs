@@ -1,8 +1,8 @@
 //! One build, start to finish: spec → verified artifacts → staging → root
-//! tree, initrd, ESP plan → one raw image, renamed into place only when
-//! everything has been written and synced. A failure at any step leaves the
-//! output directory as it was: the image is written under a temporary name
-//! and the staging directory is removed on drop.
+//! tree, initrd, ESP plan → one raw image and one update bundle, renamed
+//! into place only when both have been written and synced. A failure at any
+//! step leaves the output directory as it was: outputs are written under
+//! temporary names and the staging directory is removed on drop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -14,13 +14,15 @@ use caisson_kmod::{KmodError, ModuleIndex};
 use caisson_layout::{derive_guid, paths, DiskPlan, PartitionRole, PlanError};
 use thiserror::Error;
 
+use crate::bundle::{self, BundleFileError, KeyFileError};
 use crate::deb::{Deb, DebError};
 use crate::disk::{DiskError, RawDisk};
 use crate::elf::{self, ElfError, ElfRoot};
 use crate::esp::{self, Content, EspError, EspInputs, EspPlan};
 use crate::ext4::{self, Ext4Error, Ext4Spec};
 use crate::initrd::{self, InitrdError, InitrdInput};
-use crate::lock::{self, Lock, LockError};
+use crate::inputs::{bake_plan, verify_artifacts};
+use crate::lock::LockError;
 use crate::machine_config::{MachineConfigError, MachineConfigFile};
 use crate::rootfs::RootBuilder;
 use crate::spec::{LoadedSpec, SpecError};
@@ -36,6 +38,12 @@ const MIB: u64 = 1 << 20;
 pub enum BuildError {
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error("--version {version:?} must be non-empty ASCII letters, digits, '.', '_' or '-' ('+' would read as a boot counter in the boot entry's name)")]
+    Version { version: String },
+    #[error("signing key: {0}")]
+    SigningKey(#[from] KeyFileError),
+    #[error(transparent)]
+    Bundle(#[from] BundleFileError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("disk layout: {0}")]
@@ -52,6 +60,28 @@ pub enum BuildError {
     NotStatic {
         what: &'static str,
         path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "spec key `{key}`: artifact {name:?} is {actual} in the lock, but `{key}` takes {expected}"
+    )]
+    ArtifactKind {
+        key: String,
+        name: String,
+        actual: &'static str,
+        expected: &'static str,
+    },
+    #[error("spec key `{key}`: {path}: {source}")]
+    LocalFile {
+        key: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("spec key `{key}`: {file:?} cannot go under {dir}: {reason}")]
+    ImageFileName {
+        key: String,
+        file: String,
+        dir: &'static str,
         reason: String,
     },
     #[error(transparent)]
@@ -121,6 +151,10 @@ pub struct BuildOptions {
     pub config: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH` from the environment; wins over the spec.
     pub source_date_epoch: Option<u64>,
+    /// Overrides `[image] version`: one spec, several versions.
+    pub version: Option<String>,
+    /// A PKCS#8 PEM Ed25519 key that signs the update bundle.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// What was built, for the log and for tests.
@@ -128,6 +162,11 @@ pub struct BuildOptions {
 pub struct BuildReport {
     pub image: PathBuf,
     pub image_size: u64,
+    /// `<out>/<name>-<version>.bundle`: the same OS for a node's other slot.
+    pub bundle: PathBuf,
+    pub bundle_size: u64,
+    /// Key id of the key that signed the bundle; None: unsigned.
+    pub bundle_signed_by: Option<String>,
     pub kernel_release: String,
     pub epoch: u64,
     /// Bytes: bootloader, kernel, initrd.
@@ -136,8 +175,11 @@ pub struct BuildReport {
     /// dm-verity of ROOT-A: root hash, salt, hash offset, hash area size.
     pub verity: SealedRoot,
     pub root_partition_size: u64,
-    /// Uncompressed bytes in the root by component.
-    pub root_components: BTreeMap<&'static str, u64>,
+    /// Uncompressed bytes each part of the root adds: `agent`, `payload:
+    /// <artifact>` (containerd, runc, …), `k3s: binary`, `k3s: air-gap
+    /// <file>`, `image: <file>`, `libraries`, `modules`, `machine config`,
+    /// `skeleton`.
+    pub root_components: BTreeMap<String, u64>,
     /// Paths of the ELF closure in the root (libraries, loader, symlinks).
     pub closure: Vec<String>,
     pub steps: Vec<(String, Duration)>,
@@ -165,7 +207,11 @@ impl Steps {
 /// Build the image `spec` describes into `<out_dir>/<name>-<version>.raw`.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let mut steps = Steps { done: Vec::new() };
-    let loaded = LoadedSpec::load(&opts.spec)?;
+    let mut loaded = LoadedSpec::load(&opts.spec)?;
+    if let Some(version) = &opts.version {
+        check_version(version)?;
+        loaded.spec.image.version = version.clone();
+    }
     let spec = &loaded.spec;
     let identity = spec.identity();
     let epoch = opts
@@ -189,9 +235,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         .or_else(|| spec.image.config.as_ref().map(|c| loaded.resolve(c)))
         .map(|path| MachineConfigFile::load(&path))
         .transpose()?;
+    let signing_key = opts
+        .signing_key
+        .as_deref()
+        .map(bundle::load_signing_key)
+        .transpose()?;
 
-    let debs = steps.run("verify artifacts", || verify_artifacts(&loaded, opts))?;
-    let deb = |name: &str| Deb::new(&debs[name]);
+    let verified = steps.run("verify artifacts", || verify_artifacts(&loaded, opts))?;
+    let deb = |name: &str| Deb::new(&verified[name].path);
+    let baked = bake_plan(&loaded, &verified)?;
 
     // Staging lives next to the output (room for ~300 MiB, same file
     // system) under a hidden name, and is removed on drop, error or not.
@@ -255,15 +307,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Ok(index)
     })?;
 
+    let initrd_file = stage("initrd");
     let initrd_bytes = steps.run("initrd", || {
-        Ok(initrd::build_initrd(&InitrdInput {
+        let bytes = initrd::build_initrd(&InitrdInput {
             init_binary: &init,
             kernel_release: &kernel_release,
             modules_dir: &modules_dir,
             index: &index,
             modules: &spec.initrd.modules,
             mtime: epoch,
-        })?)
+        })?;
+        // The bundle streams it from a file, as it does root and kernel.
+        std::fs::write(&initrd_file, &bytes).map_err(|source| BuildError::Staging {
+            path: initrd_file.clone(),
+            source,
+        })?;
+        Ok(bytes)
     })?;
 
     let mut root = RootBuilder::new();
@@ -294,9 +353,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
                         reason: format!("payload file {file}: {e}"),
                     }
                 })?;
-                root.add_chain("payload", &tree, &chain, &payload.artifact)?;
+                root.add_chain(
+                    &format!("payload: {}", payload.artifact),
+                    &tree,
+                    &chain,
+                    &payload.artifact,
+                )?;
             }
         }
+        root.add_baked(&baked)?;
         let mut libs = FsTree::new();
         for name in &spec.libraries.artifacts {
             let tree = deb(name).extract(&stage(&format!("lib-{name}")), |p| {
@@ -415,12 +480,38 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         disk.sync()?;
         Ok(())
     })?;
+
+    let (bundle_partial, bundle_size) = steps.run("bundle", || {
+        let inputs = bundle::BuildInputs {
+            spec,
+            kernel_release: &kernel_release,
+            epoch,
+            verity: &sealed.params,
+            root: &squashfs_file,
+            kernel: &kernel.vmlinuz,
+            initrd: &initrd_file,
+        };
+        Ok(bundle::write_partial(
+            out_dir,
+            &inputs,
+            signing_key.as_ref(),
+        )?)
+    })?;
+    let bundle_path = out_dir.join(bundle::file_name(&identity));
     publish(partial, &image)?;
+    if let Err(e) = publish(bundle_partial, &bundle_path) {
+        // Both outputs or neither.
+        let _ = std::fs::remove_file(&image);
+        return Err(e);
+    }
 
     let image_size = plan.size;
     Ok(BuildReport {
         image,
         image_size,
+        bundle: bundle_path,
+        bundle_size,
+        bundle_signed_by: signing_key.as_ref().map(|k| k.public().key_id()),
         kernel_release,
         epoch,
         esp_files,
@@ -431,6 +522,21 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         closure: root.closure,
         steps: steps.done,
     })
+}
+
+/// The spec's rule for `[image] version`, for the `--version` override.
+fn check_version(version: &str) -> Result<(), BuildError> {
+    let ok = !version.is_empty()
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::Version {
+            version: version.to_string(),
+        })
+    }
 }
 
 fn check_program(what: &'static str, path: &Path, must_be_static: bool) -> Result<(), BuildError> {
@@ -466,34 +572,6 @@ fn check_program(what: &'static str, path: &Path, must_be_static: bool) -> Resul
         }
     }
     Ok(())
-}
-
-/// Every artifact the spec names, checked against the lock before any is read.
-fn verify_artifacts(
-    loaded: &LoadedSpec,
-    opts: &BuildOptions,
-) -> Result<BTreeMap<String, PathBuf>, BuildError> {
-    let spec = &loaded.spec;
-    let lock_path = opts
-        .lock
-        .clone()
-        .unwrap_or_else(|| loaded.resolve(&spec.artifacts.lock));
-    let dir = opts
-        .artifacts_dir
-        .clone()
-        .unwrap_or_else(|| loaded.resolve(&spec.artifacts.dir));
-    let lock = Lock::load(&lock_path)?;
-    let mut names = BTreeSet::new();
-    names.insert(spec.kernel.artifact.clone());
-    names.insert(spec.bootloader.artifact.clone());
-    names.extend(spec.payload.iter().map(|p| p.artifact.clone()));
-    names.extend(spec.libraries.artifacts.iter().cloned());
-    let mut out = BTreeMap::new();
-    for name in names {
-        let artifact = lock.get(&lock_path, &name)?;
-        out.insert(name, lock::verify(&dir, artifact)?);
-    }
-    Ok(out)
 }
 
 struct KernelFiles {

@@ -18,7 +18,7 @@ pub const BOOTLOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 pub const LOADER_CONF_PATH: &str = "loader/loader.conf";
 pub const VOLUME_LABEL: [u8; 11] = *b"ESP        ";
 /// Title on systemd-boot's menu; the entry adds version and slot.
-pub const ENTRY_TITLE: &str = "Caisson";
+pub use caisson_layout::boot_entry::ENTRY_TITLE;
 
 /// No `default` line: systemd-boot picks the highest version, which is what
 /// makes an upgrade's new entry boot first (see DESIGN.md, boot counting).

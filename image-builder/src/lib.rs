@@ -4,18 +4,21 @@
 //! [`build::build`] is the whole pipeline; the other modules each own one
 //! concept: the spec, the lock, `.deb` reading, the planned file tree, the
 //! ELF closure, the squashfs root, the initramfs, the ESP, ext4 via mke2fs
-//! and the raw GPT disk.
+//! and the raw GPT disk; [`bundle`] writes the signed update bundle beside
+//! the image and holds the operator's key-file commands.
 
 // Build errors are rare and carry paths for the user; their size does not matter.
 #![allow(clippy::result_large_err)]
 
 pub mod build;
+pub mod bundle;
 pub mod deb;
 pub mod disk;
 pub mod elf;
 pub mod esp;
 pub mod ext4;
 pub mod initrd;
+mod inputs;
 pub mod lock;
 pub mod machine_config;
 mod rootfs;

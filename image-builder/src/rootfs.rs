@@ -1,7 +1,7 @@
 //! The root file system of an image, assembled as a sorted [`FsTree`]:
 //! skeleton (usr-merge links, mount points, os-release, base command line), the agent, payload
-//! files with their symlink chains, libraries and kernel modules, with a
-//! byte count per component for the build report.
+//! files with their symlink chains, k3s and image archives, libraries and
+//! kernel modules, with a byte count per component for the build report.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,12 +10,14 @@ use caisson_layout::paths;
 
 use crate::build::BuildError;
 use crate::elf::ElfRoot;
+use crate::inputs::Baked;
 use crate::tree::{self, usr_merged, FsTree, Node};
 
 /// The root file system being assembled, with a byte count per component.
 pub(crate) struct RootBuilder {
     pub(crate) tree: FsTree,
-    pub(crate) components: BTreeMap<&'static str, u64>,
+    /// Uncompressed bytes each part of the root adds, e.g. `payload: runc`.
+    pub(crate) components: BTreeMap<String, u64>,
     /// The agent and payload files: their shared-library needs must be met.
     pub(crate) elf_roots: Vec<ElfRoot>,
     pub(crate) closure: Vec<String>,
@@ -33,14 +35,21 @@ impl RootBuilder {
 
     pub(crate) fn insert(
         &mut self,
-        component: &'static str,
+        component: &str,
         path: &str,
         node: Node,
     ) -> Result<(), BuildError> {
-        if let Node::File { size, .. } = &node {
-            *self.components.entry(component).or_default() += size;
-        }
+        // An identical entry added twice counts once.
+        let size = match &node {
+            Node::File { size, .. } if self.tree.get(&tree::normalize(path)?).is_none() => {
+                Some(*size)
+            }
+            _ => None,
+        };
         self.tree.insert(path, node)?;
+        if let Some(size) = size {
+            *self.components.entry(component.to_string()).or_default() += size;
+        }
         Ok(())
     }
 
@@ -97,7 +106,7 @@ impl RootBuilder {
 
     pub(crate) fn add_file(
         &mut self,
-        component: &'static str,
+        component: &str,
         image_path: &str,
         host: &Path,
         mode: u32,
@@ -116,10 +125,25 @@ impl RootBuilder {
         self.insert(component, image_path.trim_start_matches('/'), node)
     }
 
+    /// The k3s binary, air-gap and image archives. The binary is an ELF
+    /// root like the payload: a dynamic one must find its libraries.
+    pub(crate) fn add_baked(&mut self, baked: &[Baked]) -> Result<(), BuildError> {
+        for b in baked {
+            self.add_file(&b.component, &b.image_path, &b.host, b.mode)?;
+            if b.image_path == paths::K3S_BINARY {
+                self.elf_roots.push(ElfRoot {
+                    name: b.image_path.trim_start_matches('/').to_string(),
+                    file: b.host.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A chain of package paths (symlinks, then the file) into the root, usr-merged.
     pub(crate) fn add_chain(
         &mut self,
-        component: &'static str,
+        component: &str,
         pkg: &FsTree,
         chain: &[String],
         artifact: &str,
@@ -153,7 +177,7 @@ impl RootBuilder {
     /// A host directory tree (sorted) under `image_dir`.
     pub(crate) fn add_host_dir(
         &mut self,
-        component: &'static str,
+        component: &str,
         host: &Path,
         image_dir: &str,
     ) -> Result<(), BuildError> {

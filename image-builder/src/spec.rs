@@ -43,6 +43,12 @@ pub struct Spec {
     pub payload: Vec<Payload>,
     #[serde(default)]
     pub libraries: LibrariesSection,
+    /// k3s and its air-gap images; an image without it has no k3s.
+    #[serde(default)]
+    pub k3s: Option<K3sSection>,
+    /// Image archives for system containers, under `paths::IMAGES_DIR`.
+    #[serde(default)]
+    pub images: Vec<ImageArchive>,
     #[serde(default)]
     pub disk: DiskSection,
 }
@@ -113,6 +119,65 @@ pub struct Payload {
     pub artifact: String,
     /// Package paths (`usr/bin/containerd`); they land usr-merged.
     pub files: Vec<String>,
+}
+
+/// `[k3s]`: the binary goes to `paths::K3S_BINARY`, each air-gap archive
+/// to `paths::K3S_IMAGES_DIR/<its file name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sSection {
+    /// The k3s binary, an artifact of `kind = "file"` in the lock.
+    #[serde(default)]
+    pub artifact: Option<String>,
+    /// Instead of `artifact`: a local file, unpinned. For test images that
+    /// carry a stand-in (relative to the spec file).
+    #[serde(default)]
+    pub binary_path: Option<PathBuf>,
+    /// Air-gap image archives, artifacts of `kind = "file"` in the lock.
+    #[serde(default)]
+    pub airgap_images: Vec<String>,
+}
+
+/// One `[[images]]` entry: an OCI or docker-archive tar (possibly
+/// compressed) baked as `paths::IMAGES_DIR/<its file name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageArchive {
+    /// An artifact of `kind = "file"` in the lock.
+    #[serde(default)]
+    pub artifact: Option<String>,
+    /// Instead of `artifact`: a local file, unpinned (relative to the spec).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// Where a baked file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source<'a> {
+    Artifact(&'a str),
+    Path(&'a Path),
+}
+
+impl K3sSection {
+    /// Validation guarantees exactly one of the two.
+    pub fn binary(&self) -> Source<'_> {
+        match (&self.artifact, &self.binary_path) {
+            (Some(a), _) => Source::Artifact(a),
+            (None, Some(p)) => Source::Path(p),
+            (None, None) => Source::Artifact(""),
+        }
+    }
+}
+
+impl ImageArchive {
+    /// Validation guarantees exactly one of the two.
+    pub fn source(&self) -> Source<'_> {
+        match (&self.artifact, &self.path) {
+            (Some(a), _) => Source::Artifact(a),
+            (None, Some(p)) => Source::Path(p),
+            (None, None) => Source::Artifact(""),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -264,6 +329,41 @@ impl Spec {
                 }
             }
         }
+        if let Some(k3s) = &self.k3s {
+            exactly_one(
+                "k3s",
+                "artifact",
+                k3s.artifact.is_some(),
+                "binary_path",
+                k3s.binary_path.is_some(),
+            )
+            .map_err(|reason| invalid("k3s", reason))?;
+            if let Some(p) = &k3s.binary_path {
+                if p.as_os_str().is_empty() {
+                    return Err(invalid("k3s.binary_path", "is empty".into()));
+                }
+            }
+        }
+        for (i, image) in self.images.iter().enumerate() {
+            let key = format!("images[{i}]");
+            exactly_one(
+                &key,
+                "artifact",
+                image.artifact.is_some(),
+                "path",
+                image.path.is_some(),
+            )
+            .map_err(|reason| invalid(&key, reason))?;
+            if let Some(p) = &image.path {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if !crate::lock::is_plain_file_name(name) || p.ends_with("..") {
+                    return Err(invalid(
+                        &format!("{key}.path"),
+                        format!("{} has no usable file name", p.display()),
+                    ));
+                }
+            }
+        }
         for (i, m) in self.initrd.modules.iter().enumerate() {
             if m.is_empty() || m.contains('/') {
                 return Err(invalid(
@@ -283,6 +383,17 @@ impl Spec {
             }
         }
         Ok(())
+    }
+}
+
+/// Exactly one of two alternative keys of `table` is set.
+fn exactly_one(table: &str, a: &str, has_a: bool, b: &str, has_b: bool) -> Result<(), String> {
+    match (has_a, has_b) {
+        (true, false) | (false, true) => Ok(()),
+        (true, true) => Err(format!("give `{table}.{a}` or `{table}.{b}`, not both")),
+        (false, false) => Err(format!(
+            "needs `{table}.{a}` (pinned in the lock) or `{table}.{b}`"
+        )),
     }
 }
 
@@ -382,5 +493,61 @@ esp_mib = 256
         assert!(e.to_string().contains("kernel.cmdline[0]"), "{e}");
         let e = parse(&MINIMAL.replace("usr/sbin/runc", "../x")).unwrap_err();
         assert!(e.to_string().contains("payload[0].files"), "{e}");
+    }
+
+    #[test]
+    fn k3s_and_images_take_an_artifact_or_a_local_file() {
+        let s = parse(&format!(
+            "{MINIMAL}\n[k3s]\nartifact = \"k3s\"\nairgap_images = [\"k3s-airgap-images-amd64\"]\n\n\
+             [[images]]\nartifact = \"pause\"\n\n[[images]]\npath = \"fixtures/ticker.oci.tar\"\n"
+        ))
+        .unwrap();
+        let k3s = s.k3s.as_ref().unwrap();
+        assert_eq!(k3s.binary(), Source::Artifact("k3s"));
+        assert_eq!(k3s.airgap_images, ["k3s-airgap-images-amd64"]);
+        assert_eq!(s.images[0].source(), Source::Artifact("pause"));
+        assert_eq!(
+            s.images[1].source(),
+            Source::Path(Path::new("fixtures/ticker.oci.tar"))
+        );
+        let s = parse(&format!(
+            "{MINIMAL}\n[k3s]\nbinary_path = \"/abs/k3s-stand-in\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.k3s.unwrap().binary(),
+            Source::Path(Path::new("/abs/k3s-stand-in"))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().k3s, None);
+    }
+
+    #[test]
+    fn k3s_and_images_need_exactly_one_source() {
+        let e = parse(&format!("{MINIMAL}\n[k3s]\nairgap_images = []\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("needs `k3s.artifact` (pinned in the lock) or `k3s.binary_path`"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{MINIMAL}\n[k3s]\nartifact = \"k3s\"\nbinary_path = \"k\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[[images]]\nartifact = \"a\"\npath = \"b\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("key `images[0]`"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[[images]]\npath = \"..\"\n")).unwrap_err();
+        assert!(e.to_string().contains("images[0].path"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[k3s]\nartifact = \"k3s\"\nimages = []\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("k3s.images") && e.to_string().contains("unknown field"),
+            "{e}"
+        );
     }
 }

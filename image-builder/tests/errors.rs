@@ -242,3 +242,35 @@ fn a_machine_config_named_by_the_spec_is_validated_too() {
     assert!(e.to_string().contains("absent.toml"), "{e}");
     f.assert_no_output();
 }
+
+#[test]
+fn a_version_override_that_would_break_the_entry_name_is_refused() {
+    let f = Fixture::new();
+    let e = image_builder::build::build(&image_builder::build::BuildOptions {
+        version: Some("1.0+2".into()),
+        ..f.options(f.spec(|s| s))
+    })
+    .unwrap_err();
+    assert!(matches!(e, BuildError::Version { .. }), "{e}");
+    assert!(e.to_string().contains("\"1.0+2\""), "{e}");
+    f.assert_no_output();
+}
+
+#[test]
+fn a_signing_key_that_is_not_a_key_is_refused_before_building() {
+    let f = Fixture::new();
+    let key = f.dir.path().join("release.key");
+    std::fs::write(&key, "not a key\n").unwrap();
+    let e = image_builder::build::build(&image_builder::build::BuildOptions {
+        signing_key: Some(key.clone()),
+        ..f.options(f.spec(|s| s))
+    })
+    .unwrap_err();
+    assert!(matches!(e, BuildError::SigningKey(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&key.display().to_string()) && msg.contains("PKCS#8"),
+        "{msg}"
+    );
+    f.assert_no_output();
+}

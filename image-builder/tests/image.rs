@@ -59,15 +59,17 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
     let report = f.build(spec.clone()).unwrap();
     let image = f.out.join(format!("{IDENTITY}.raw"));
     assert_eq!(report.image, image);
-    let left: Vec<_> = std::fs::read_dir(&f.out)
+    let mut left: Vec<_> = std::fs::read_dir(&f.out)
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
+    left.sort();
     assert_eq!(
         left,
-        [std::ffi::OsString::from(format!("{IDENTITY}.raw"))],
-        "only the image remains: no staging, no temporary"
+        [format!("{IDENTITY}.bundle"), format!("{IDENTITY}.raw")],
+        "only the image and its bundle remain: no staging, no temporary"
     );
+    unsigned_bundle_needs_allow_unsigned(&report.bundle);
 
     let out2 = f.dir.path().join("out2");
     build(&image_builder::build::BuildOptions {
@@ -79,6 +81,11 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
         lock::sha256_file(&image).unwrap(),
         lock::sha256_file(&out2.join(format!("{IDENTITY}.raw"))).unwrap(),
         "two builds of one spec must be byte-identical"
+    );
+    assert_eq!(
+        std::fs::read(&report.bundle).unwrap(),
+        std::fs::read(out2.join(format!("{IDENTITY}.bundle"))).unwrap(),
+        "and so must their bundles"
     );
     std::fs::remove_dir_all(&out2).unwrap();
 
@@ -174,6 +181,34 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
             "{header}"
         );
     }
+}
+
+/// A build without --signing-key writes an unsigned bundle: `verify-bundle`
+/// refuses it unless told to allow unsigned bundles.
+fn unsigned_bundle_needs_allow_unsigned(bundle: &Path) {
+    let verify = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_image-builder"))
+            .arg("verify-bundle")
+            .arg(bundle)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = verify(&[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("unsigned, and the node's config does not allow unsigned bundles"),
+        "{stderr}"
+    );
+    let allowed = verify(&["--allow-unsigned"]);
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert!(allowed.status.success(), "{allowed:?}");
+    assert!(
+        stdout.contains(&format!("image           {IDENTITY}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("unsigned, allowed"), "{stdout}");
 }
 
 /// The independent check of the builder's dm-verity: cryptsetup's

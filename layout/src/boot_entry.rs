@@ -10,6 +10,8 @@ use crate::slot::Slot;
 
 pub const ENTRY_PREFIX: &str = "caisson-";
 pub const ENTRIES_DIR: &str = "loader/entries";
+/// The title every Caisson entry starts with.
+pub const ENTRY_TITLE: &str = "Caisson";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BootEntryError {

@@ -9,6 +9,7 @@ pub mod guid;
 pub mod partitions;
 pub mod paths;
 pub mod slot;
+pub mod slots;
 
 pub use boot_entry::{BootEntry, BootEntryError};
 pub use cmdline::{CaissonParams, CmdlineError, KernelCmdline, RootSpec, RootVerity, VerityParams};

@@ -13,6 +13,15 @@ pub const EMBEDDED_CONFIG: &str = "/usr/lib/caisson/config.toml";
 /// words, one line): what the agent puts after an entry's `caisson.*` words
 /// and before the machine config's `kernel.args` when it rewrites the entry.
 pub const BASE_CMDLINE: &str = "/usr/lib/caisson/cmdline";
+/// The k3s binary of an image with a `[k3s]` section (the official static
+/// release; a test image may carry a stand-in here instead).
+pub const K3S_BINARY: &str = "/usr/bin/k3s";
+/// Image archives (OCI layout or docker-archive tars, possibly compressed)
+/// baked by the spec's `[[images]]`, one file each, for system containers.
+pub const IMAGES_DIR: &str = "/usr/lib/caisson/images";
+/// k3s's air-gap image archives (`[k3s] airgap_images`), e.g.
+/// `k3s-airgap-images-amd64.tar.zst`.
+pub const K3S_IMAGES_DIR: &str = "/usr/lib/caisson/images/k3s";
 /// Kernel modules of the image: `<MODULES_ROOT>/<kernel release>/`.
 pub const MODULES_ROOT: &str = "/usr/lib/modules";
 /// In the initramfs: the modules `init` must load, one name per line. Their

@@ -118,6 +118,7 @@ pub async fn configure(
     booted: Booted,
     cmdline: &KernelCmdline,
     power: mpsc::Sender<power::Request>,
+    reaper: Arc<crate::reaper::Reaper>,
 ) -> Arc<Node> {
     let facts = Facts {
         image_version: image_version(),
@@ -142,6 +143,10 @@ pub async fn configure(
     run_phase_async("config", node.load_boot_config(booted.state_mounted)).await;
     run_phase_async("network", node.bring_up_network()).await;
     run_phase_async("api", api::listener::start(node.clone())).await;
+    node.set_runtime(crate::runtime::RuntimeCtx::node(reaper));
+    run_phase_async("services", node.start_boot_services()).await;
+    // A slot on trial after an upgrade: health gates, then bless or reboot.
+    tokio::spawn(node.clone().watch_trial());
     node
 }
 

@@ -306,25 +306,47 @@ pub fn read_base(path: &Path) -> Result<Vec<String>, EntryError> {
 /// mount it, rewrite the running entry, unmount.
 pub fn update(
     args: &[String],
-    mut load: impl FnMut(&'static str) -> Result<(), String>,
+    load: impl FnMut(&'static str) -> Result<(), String>,
 ) -> Result<Outcome, EntryError> {
     let running = fs::read_to_string("/proc/cmdline")
         .map(|t| KernelCmdline::parse(&t))
         .map_err(|e| EntryError::Running(format!("read /proc/cmdline: {e}")))?;
     let base = read_base(Path::new(BASE_CMDLINE))?;
-    let root = fs::read_to_string(ROOT_DEVICE_HINT)
+    with_esp(load, |esp, device| {
+        update_in(esp, device, &running, &base, args)
+    })
+}
+
+/// One user of the ESP mount point at a time (kernel args, upgrades,
+/// blessing, rollback).
+static ESP_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The running root's partition name, as `init` left it.
+pub fn root_partition_name() -> Result<String, EntryError> {
+    Ok(fs::read_to_string(ROOT_DEVICE_HINT)
         .map_err(|source| EntryError::Hint { source })?
         .trim()
-        .to_string();
+        .to_string())
+}
+
+/// Find the ESP beside the root, load what mounting it needs (`load`),
+/// mount it at [`ESP_MOUNT`], run `f(mount point, device)`, unmount.
+pub fn with_esp<T, E: From<EntryError>>(
+    mut load: impl FnMut(&'static str) -> Result<(), String>,
+    f: impl FnOnce(&Path, &Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let _held = ESP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let root = root_partition_name()?;
     let label = PartitionRole::Esp.label();
     let device = match caisson_devices::sibling_by_label(&root, label) {
         Ok(Some(dev)) => dev.dev_path,
-        Ok(None) => return Err(EntryError::NoEsp { root }),
+        Ok(None) => return Err(EntryError::NoEsp { root }.into()),
         Err(e) => {
             return Err(EntryError::Devices {
                 root,
                 reason: e.to_string(),
-            })
+            }
+            .into())
         }
     };
     for module in ESP_MODULES {
@@ -349,8 +371,8 @@ pub fn update(
     }
     .mount()
     .map_err(mount_err)?;
-    let result = update_in(Path::new(ESP_MOUNT), &device, &running, &base, args);
-    // Unmounting flushes whatever the fsyncs left; a written entry stays
+    let result = f(Path::new(ESP_MOUNT), &device);
+    // Unmounting flushes whatever the fsyncs left; what was written stays
     // written even if it fails.
     if let Err(errno) = umount2(OsStr::new(ESP_MOUNT), MntFlags::empty()) {
         warn!(

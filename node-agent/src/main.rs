@@ -110,7 +110,7 @@ async fn agent(started: Instant, cmdline: &KernelCmdline) {
     // `boot: ready`: a press from then on is queued and acted on after boot.
     input::arm_power_buttons(requests.clone());
     // Kept for the agent's lifetime: the API serves it.
-    let _node = boot::configure(booted, cmdline, requests.clone()).await;
+    let node = boot::configure(booted, cmdline, requests.clone(), reaper.clone()).await;
     boot::log_ready(started);
 
     // `requests` lives on in this scope, so the channel never closes.
@@ -118,6 +118,14 @@ async fn agent(started: Instant, cmdline: &KernelCmdline) {
         error!("shutdown request channel closed; the agent stays up without a way to shut down");
         return std::future::pending().await;
     };
+    // Services first, in reverse dependency order, each given its timeout;
+    // then whatever is left gets the blanket SIGTERM/SIGKILL.
+    if let Some(supervisor) = node.supervisor() {
+        info!("shutdown: stopping services");
+        for stopped in supervisor.stop_all().await {
+            info!("shutdown: {}: {:?} after {} ms", stopped.name, stopped.outcome, stopped.took.as_millis());
+        }
+    }
     power::shutdown(request, &reaper).await
 }
 

@@ -1,12 +1,17 @@
 //! HTTPS to one node: a fresh connection per call (nodectl makes one or two
 //! calls per run), HTTP/1.1 over rustls, bodies read whole or line by line.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use caisson_api::Endpoint;
-use http_body_util::{BodyExt, Full};
+use futures_util::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -23,6 +28,42 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whole calls, except the body of a stream. Generous: an apply waits for the
 /// node to finish applying.
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// An upload: the bundle streams, the node writes and syncs a slot.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Upload chunks: what the progress bar advances by.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// Every upload's bar, stacked when several nodes are upgraded at once.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// The file as a body, advancing a progress bar labelled `label`.
+async fn file_body(path: &Path, label: &str) -> Result<ReqBody, Failure> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Failure::new("bad-file", format!("cannot open {}: {e}", path.display())))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let bar = bars().add(ProgressBar::new(len));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK).map(move |chunk| {
+        let chunk = chunk?;
+        bar.inc(chunk.len() as u64);
+        if bar.position() >= len {
+            bar.finish();
+        }
+        Ok(Frame::data(chunk))
+    });
+    Ok(BodyExt::boxed(StreamBody::new(stream)))
+}
 
 /// One request, built from the endpoint table so client and server agree on
 /// methods and paths.
@@ -31,6 +72,8 @@ pub struct Call {
     pub endpoint: Endpoint,
     pub path: String,
     pub body: Option<Vec<u8>>,
+    /// A file streamed as the body (an update bundle), with a progress bar.
+    pub upload: Option<PathBuf>,
 }
 
 impl Call {
@@ -39,6 +82,21 @@ impl Call {
             endpoint,
             path: endpoint.route().1.to_string(),
             body: None,
+            upload: None,
+        }
+    }
+
+    /// Stream `file` as the body.
+    pub fn upload(mut self, file: &Path) -> Call {
+        self.upload = Some(file.to_path_buf());
+        self
+    }
+
+    fn time_limit(&self) -> Duration {
+        if self.upload.is_some() {
+            UPLOAD_TIMEOUT
+        } else {
+            CALL_TIMEOUT
         }
     }
 
@@ -100,7 +158,7 @@ impl Node {
             }
             Ok(body)
         };
-        timeout(CALL_TIMEOUT, work)
+        timeout(call.time_limit(), work)
             .await
             .unwrap_or_else(|_| Err(failure::timeout(&self.target)))
     }
@@ -211,13 +269,22 @@ impl Node {
                 hyper::header::USER_AGENT,
                 concat!("nodectl/", env!("CARGO_PKG_VERSION")),
             );
-        if call.body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
+        let body: ReqBody = match &call.upload {
+            Some(path) => {
+                req = req.header(hyper::header::CONTENT_TYPE, "application/octet-stream");
+                file_body(path, &self.target.label).await?
+            }
+            None => {
+                if call.body.is_some() {
+                    req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+                }
+                Full::new(Bytes::from(call.body.clone().unwrap_or_default()))
+                    .map_err(|never| match never {})
+                    .boxed()
+            }
+        };
         let req = req
-            .body(Full::new(Bytes::from(
-                call.body.clone().unwrap_or_default(),
-            )))
+            .body(body)
             .map_err(|e| Failure::new("bad-request", format!("cannot build the request: {e}")))?;
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, seen)),

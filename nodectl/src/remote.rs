@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use caisson_api::types::{ApplyMode, ApplyRequest, ResetRequest};
+use caisson_api::types::{ApplyMode, ApplyRequest, ResetRequest, RollbackRequest, UpgradeFetchRequest};
 use caisson_api::Endpoint;
 use clap::{Args, Subcommand, ValueEnum};
 use futures_util::future::join_all;
@@ -109,6 +109,27 @@ pub enum RemoteCommand {
         /// Confirm: the machine config, audit log and all data are lost.
         #[arg(long, visible_alias = "confirm")]
         yes: bool,
+    },
+    /// Install an update bundle into each node's inactive slot, then
+    /// reboot into it (the node rolls back by itself if it fails its
+    /// health gates).
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["bundle", "url"])))]
+    Upgrade {
+        /// The bundle file, streamed to the node.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+        /// An http:// URL the node fetches the bundle from (a mirror on site).
+        #[arg(long)]
+        url: Option<String>,
+        /// Write the slot but do not reboot; it boots at the next reboot.
+        #[arg(long)]
+        stage: bool,
+    },
+    /// Make the other, known-good slot boot next, and reboot into it.
+    Rollback {
+        /// Do not reboot now; the other slot boots at the next reboot.
+        #[arg(long)]
+        no_reboot: bool,
     },
     /// Show the audit log: every mutating call and every refusal.
     Audit {
@@ -311,6 +332,24 @@ fn plan(cmd: RemoteCommand) -> Result<Plan> {
         RemoteCommand::Reset { yes: true } => Plan::Once(Call::new(Endpoint::Reset).json(&ResetRequest { confirm: true }), |b| {
             views::ack("resetting: STATE and DATA are being wiped; the node comes back in maintenance mode", b)
         }),
+        RemoteCommand::Upgrade { bundle: Some(file), stage, .. } => {
+            if !file.is_file() {
+                bail!("{}: no such bundle file; nothing was sent", file.display());
+            }
+            Plan::Once(
+                Call::new(Endpoint::Upgrade).query(&[("stage", stage.to_string())]).upload(&file),
+                views::upgraded,
+            )
+        }
+        RemoteCommand::Upgrade { url: Some(url), stage, .. } => Plan::Once(
+            Call::new(Endpoint::UpgradeFetch).json(&UpgradeFetchRequest { url, stage }),
+            views::upgraded,
+        ),
+        RemoteCommand::Upgrade { .. } => bail!("pass --bundle FILE or --url URL"),
+        RemoteCommand::Rollback { no_reboot } => Plan::Once(
+            Call::new(Endpoint::Rollback).json(&RollbackRequest { reboot: !no_reboot }),
+            views::rolled_back,
+        ),
         RemoteCommand::Audit { tail } => {
             Plan::Once(Call::new(Endpoint::Audit).query(&[("tail", tail.to_string())]), views::audit)
         }

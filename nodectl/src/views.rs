@@ -2,7 +2,10 @@
 //! carries. Pure: bytes in, [`Outcome`] out.
 
 use caisson_api::audit::AuditRecord;
-use caisson_api::types::{ApplyResponse, ConfigChange, Health, ServiceStatus, VersionInfo};
+use caisson_api::types::{
+    ApplyResponse, ConfigChange, Health, RollbackResponse, ServiceStatus, SlotInfo, UpgradeRecord, UpgradeResponse,
+    VersionInfo,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -27,12 +30,20 @@ fn decode<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<(T, Value), Fa
 
 pub fn version(body: &[u8]) -> Result<Outcome, Failure> {
     let (v, json): (VersionInfo, _) = decode("version", body)?;
-    let mut t = Table::new(&["HOSTNAME", "IMAGE", "AGENT", "SLOT", "KERNEL", "MODE"]);
+    let mut t = Table::new(&["HOSTNAME", "IMAGE", "AGENT", "SLOT", "KERNEL", "MODE", "SLOT A", "SLOT B", "LAST UPGRADE"]);
     let mode = if v.maintenance {
         "maintenance"
     } else {
         "normal"
     };
+    let slot = |name: &str| {
+        v.slots
+            .iter()
+            .find(|s| s.slot == name)
+            .map(slot_cell)
+            .unwrap_or_else(|| "-".into())
+    };
+    let (a, b) = (slot("a"), slot("b"));
     t.row(vec![
         v.hostname,
         v.image_version,
@@ -40,8 +51,67 @@ pub fn version(body: &[u8]) -> Result<Outcome, Failure> {
         v.slot,
         v.kernel,
         mode.into(),
+        a,
+        b,
+        v.last_upgrade.as_ref().map(last_upgrade_cell).unwrap_or_else(|| "-".into()),
     ]);
     Ok(Outcome::new(json, View::Table(t)))
+}
+
+/// `0.2.0 trying (2 left)`, `0.1.0 known-good`, `0.2.0 bad: why`.
+pub fn slot_cell(s: &SlotInfo) -> String {
+    let mut cell = format!("{} {}", s.version.as_deref().unwrap_or("-"), s.state);
+    if let Some(left) = s.tries_left {
+        cell.push_str(&format!(" ({left} left)"));
+    }
+    if let Some(note) = &s.note {
+        cell.push_str(&format!(": {note}"));
+    }
+    cell
+}
+
+/// `upgrade 0.1.0 -> 0.2.0 (slot b) by admin at <utc>: blessed`.
+pub fn last_upgrade_cell(u: &UpgradeRecord) -> String {
+    format!(
+        "{} {} -> {} (slot {}) by {} at {}: {}",
+        u.kind,
+        u.from_version,
+        u.to_version,
+        u.slot,
+        u.by,
+        utc(u.started_ms),
+        u.outcome
+    )
+}
+
+pub fn upgraded(body: &[u8]) -> Result<Outcome, Failure> {
+    let (u, json): (UpgradeResponse, _) = decode("upgrade", body)?;
+    let signed = match &u.signed_by {
+        Some(k) => format!("signed by key {k}"),
+        None => "unsigned (allowed by the node's upgrade.allow_unsigned)".into(),
+    };
+    let next = if u.staged {
+        "staged: it boots at the next reboot".to_string()
+    } else {
+        "rebooting into it; it is blessed once its health gates pass, else the node rolls back by itself".into()
+    };
+    let text = format!(
+        "{} -> {}: slot {} written ({} bytes in {:.1} s, root at {:.1} MB/s), {signed}; entry {}; {next}",
+        u.from_version, u.version, u.slot, u.bytes, u.seconds, u.root_write_mb_s, u.entry
+    );
+    Ok(Outcome::new(json, View::Text(text)))
+}
+
+pub fn rolled_back(body: &[u8]) -> Result<Outcome, Failure> {
+    let (r, json): (RollbackResponse, _) = decode("rollback", body)?;
+    let text = format!(
+        "slot {} ({}) boots next instead of {}{}",
+        r.slot,
+        r.version,
+        r.from_version,
+        if r.rebooting { "; rebooting" } else { "; at the next reboot" }
+    );
+    Ok(Outcome::new(json, View::Text(text)))
 }
 
 pub fn health(body: &[u8]) -> Result<Outcome, Failure> {
@@ -69,19 +139,71 @@ pub fn config(body: &[u8]) -> Result<Outcome, Failure> {
 
 pub fn services(body: &[u8]) -> Result<Outcome, Failure> {
     let (list, json): (Vec<ServiceStatus>, _) = decode("services", body)?;
-    let mut t = Table::new(&["SERVICE", "STATE", "HEALTHY", "RESTARTS", "PID"]);
+    let mut t = Table::new(&[
+        "SERVICE",
+        "STATE",
+        "HEALTHY",
+        "RESTARTS",
+        "LAST EXIT",
+        "MEMORY",
+        "PID",
+    ]);
     for s in list {
-        let healthy = if s.healthy { "yes" } else { "no" };
-        let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let healthy = match (s.healthy, s.health.as_deref()) {
+            (true, _) => "yes".to_string(),
+            (false, None) => "no".to_string(),
+            (false, Some(why)) => format!("no: {}", shorten(why, 40)),
+        };
+        let last_exit = match (s.last_exit, s.last_exit_secs_ago) {
+            (Some(how), Some(secs)) => format!("{how}, {} ago", ago(secs)),
+            (Some(how), None) => how,
+            (None, _) => "-".into(),
+        };
+        let dash = || "-".to_string();
         t.row(vec![
             s.name,
             s.state,
-            healthy.into(),
+            healthy,
             s.restarts.to_string(),
-            pid,
+            last_exit,
+            s.memory_bytes.map(binary_bytes).unwrap_or_else(dash),
+            s.pid.map(|p| p.to_string()).unwrap_or_else(dash),
         ]);
     }
     Ok(Outcome::new(json, View::Table(t)))
+}
+
+/// At most `max` characters, "…" marking a cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// "45s", "12m", "3h", "2d".
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// "512 KiB", "87.3 MiB", "1.25 GiB".
+fn binary_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB * KIB {
+        format!("{:.0} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    }
 }
 
 pub fn audit(body: &[u8]) -> Result<Outcome, Failure> {
@@ -189,6 +311,35 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_show_health_restarts_last_exit_and_memory() {
+        let body = br#"[
+            {"name": "containerd", "state": "running", "healthy": true, "restarts": 0, "pid": 412,
+             "memory_bytes": 91553792, "since_secs": 300},
+            {"name": "k3s", "state": "backoff 4s", "healthy": false, "restarts": 3, "pid": null,
+             "health": "https://127.0.0.1:6443/ping: Connection refused (os error 111)",
+             "last_exit": "exited 1", "last_exit_secs_ago": 2, "memory_bytes": 524288},
+            {"name": "old-node", "state": "running", "healthy": true, "restarts": 1, "pid": 7}
+        ]"#;
+        let View::Table(t) = services(body).unwrap().view else {
+            panic!("not a table")
+        };
+        assert_eq!(
+            t.lines(),
+            [
+                "SERVICE     STATE       HEALTHY                                       RESTARTS  LAST EXIT         MEMORY    PID",
+                "containerd  running     yes                                           0         -                 87.3 MiB  412",
+                "k3s         backoff 4s  no: https://127.0.0.1:6443/ping: Connection…  3         exited 1, 2s ago  512 KiB   -",
+                "old-node    running     yes                                           1         -                 -         7",
+            ]
+        );
+        assert_eq!(
+            (ago(59), ago(600), ago(7200), ago(200_000)),
+            ("59s".into(), "10m".into(), "2h".into(), "2d".into())
+        );
+        assert_eq!(binary_bytes(3 << 30), "3.00 GiB");
+    }
 
     #[test]
     fn times_are_utc() {

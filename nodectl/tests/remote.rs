@@ -24,6 +24,8 @@ struct FakeNode {
     applies: AtomicU32,
     dry_runs: AtomicU32,
     resets: AtomicU32,
+    /// Bytes of the last uploaded bundle.
+    uploaded: Mutex<Option<u64>>,
 }
 
 impl NodeOps for FakeNode {
@@ -35,6 +37,11 @@ impl NodeOps for FakeNode {
             kernel: "6.1.0-test".into(),
             hostname: "node-1".into(),
             maintenance: self.maintenance,
+            slots: vec![
+                SlotInfo { slot: "a".into(), version: Some("0.1.0".into()), state: "running".into(), running: true, tries_left: None, entry: Some("caisson-0.1.0-a.conf".into()), note: None },
+                SlotInfo { slot: "b".into(), version: Some("0.2.0".into()), state: "trying".into(), running: false, tries_left: Some(3), entry: Some("caisson-0.2.0-b+3.conf".into()), note: None },
+            ],
+            last_upgrade: None,
         }
     }
     async fn health(&self) -> Health {
@@ -119,6 +126,37 @@ impl NodeOps for FakeNode {
     fn reset(&self) -> Result<(), ApiError> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    async fn upgrade(&self, source: server::UpgradeSource, stage: bool, _by: String) -> Result<UpgradeResponse, ApiError> {
+        use tokio::io::AsyncReadExt;
+        let server::UpgradeSource::Upload(mut body) = source else {
+            return Err(ApiError::BadRequest("upgrade URL http://x/: connect: refused".into()));
+        };
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let got = body.read(&mut buf).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if got == 0 {
+                break;
+            }
+            n += got as u64;
+        }
+        *self.uploaded.lock().unwrap() = Some(n);
+        Ok(UpgradeResponse {
+            from_version: "0.1.0".into(),
+            version: "0.2.0".into(),
+            slot: "b".into(),
+            entry: "caisson-0.2.0-b+3.conf".into(),
+            signed_by: Some("0123456789abcdef".into()),
+            bytes: n,
+            seconds: 1.5,
+            root_write_mb_s: 50.0,
+            staged: stage,
+            rebooting: !stage,
+        })
+    }
+    async fn rollback(&self, req: RollbackRequest, _by: String) -> Result<RollbackResponse, ApiError> {
+        Ok(RollbackResponse { from_version: "0.2.0".into(), slot: "a".into(), version: "0.1.0".into(), rebooting: req.reboot })
     }
 }
 
@@ -248,6 +286,7 @@ fn serve(pki: &Pki, mode: Mode) -> Server {
         applies: AtomicU32::new(0),
         dry_runs: AtomicU32::new(0),
         resets: AtomicU32::new(0),
+        uploaded: Mutex::new(None),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -319,9 +358,10 @@ fn an_admin_reads_the_version_as_a_table_and_as_json() {
     );
     let cells: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        cells,
+        cells[..6],
         ["node-1", "0.1.0", "0.1.0", "a", "6.1.0-test", "normal"]
     );
+    assert!(lines[1].contains("0.1.0 running") && lines[1].contains("0.2.0 trying (3 left)"), "{}", lines[1]);
 
     let r = nodectl(Some(&cfg), &["version", "-o", "json"]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
@@ -408,7 +448,7 @@ fn a_node_in_maintenance_mode_is_reached_with_insecure_and_its_fingerprint() {
     let r = nodectl(None, &[&pinned[..], &["version"]].concat());
     assert!(r.ok, "{}", r.stderr);
     assert!(
-        r.stdout.lines().nth(1).unwrap().ends_with("maintenance"),
+        r.stdout.lines().nth(1).unwrap().contains(" maintenance "),
         "{}",
         r.stdout
     );
@@ -617,4 +657,28 @@ fn reset_needs_yes_and_get_config_masks_secrets() {
     assert!(r.stdout.contains("hostname = \"node-1\""), "{}", r.stdout);
     assert!(r.stdout.contains("ca_key = \"***\""), "{}", r.stdout);
     assert!(!r.stdout.contains("PRIVATE KEY"), "{}", r.stdout);
+}
+
+#[test]
+fn upgrade_streams_the_bundle_file_whole_and_rollback_reports_the_next_slot() {
+    let pki = pki();
+    let s = serve(&pki, Mode::Normal);
+    let admin = pki.client_config("admin", "test", &[s.addr()]);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("caisson-0.2.0.bundle");
+    let size = 5 * 1024 * 1024 + 123;
+    std::fs::write(&bundle, vec![7u8; size]).unwrap();
+    let r = nodectl(Some(&admin), &["upgrade", "--bundle", bundle.to_str().unwrap(), "--stage"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert_eq!(*s.node.uploaded.lock().unwrap(), Some(size as u64));
+    assert!(r.stdout.contains("slot b written") && r.stdout.contains("staged"), "{}", r.stdout);
+
+    let r = nodectl(Some(&admin), &["upgrade", "--bundle", "/nonexistent.bundle"]);
+    assert!(!r.ok && r.stderr.contains("no such bundle file"), "{}", r.stderr);
+    let r = nodectl(Some(&admin), &["upgrade"]);
+    assert!(!r.ok, "a source is required: {}", r.stderr);
+
+    let r = nodectl(Some(&admin), &["rollback", "--no-reboot"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.trim(), "slot a (0.1.0) boots next instead of 0.2.0; at the next reboot");
 }

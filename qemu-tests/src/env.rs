@@ -20,6 +20,14 @@ pub const BUILDER_BIN: &str = "CAISSON_BUILDER_BIN";
 pub const SPEC: &str = "CAISSON_SPEC";
 /// The `nodectl` binary the API tests drive (built by `cargo xtask test`).
 pub const NODECTL_BIN: &str = "CAISSON_NODECTL_BIN";
+/// The directory holding the static TEST FIXTURES `ticker` and
+/// `k3s-stand-in` (crate `caisson-test-fixtures`), for test images only.
+pub const FIXTURES_DIR: &str = "CAISSON_FIXTURES_DIR";
+/// An image like `TEST_IMAGE` with the pinned, official k3s and its air-gap
+/// images baked in; set only by `cargo xtask test --with-k3s`, for the
+/// `#[ignore]`d real-k3s tier (tests named `k3s_real…`, run with
+/// `--ignored k3s_real`).
+pub const K3S_TEST_IMAGE: &str = "CAISSON_K3S_TEST_IMAGE";
 /// Parent of the per-test directories; default `target/qemu-tests`.
 pub const WORK_DIR: &str = "CAISSON_TEST_WORK_DIR";
 

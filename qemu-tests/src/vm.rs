@@ -1,6 +1,5 @@
 //! One QEMU virtual machine owned by one test.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -60,6 +59,10 @@ impl VmOptions {
 
 pub struct Vm {
     dir: PathBuf,
+    /// To start QEMU again on the same disk and variable store.
+    args: QemuArgs,
+    /// QEMU processes started so far (1 + restarts after power cuts).
+    runs: u32,
     child: Child,
     console: Console,
     qmp_socket: PathBuf,
@@ -105,22 +108,14 @@ impl Vm {
             args = args.no_reboot();
         }
         args = args.extra(&opts.extra_args);
-        let stderr_path = dir.join("qemu.stderr");
-        let stderr =
-            File::create(&stderr_path).map_err(HarnessError::io("cannot create", &stderr_path))?;
         std::fs::write(dir.join("qemu.cmdline"), format!("{:?}\n", args.args()))
             .map_err(HarnessError::io("cannot write", dir.join("qemu.cmdline")))?;
-        let mut cmd = args.command();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
         let started = Instant::now();
-        let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
-            program: crate::qemu::QEMU.into(),
-            source,
-        })?;
+        let child = spawn(&args, &dir)?;
         Ok(Vm {
             dir,
+            args,
+            runs: 1,
             child,
             console: Console::new(&console_log),
             qmp_socket,
@@ -271,6 +266,67 @@ impl Vm {
                 .map_err(HarnessError::io("cannot wait for QEMU in", &self.dir))?;
         }
         Ok(self.exit)
+    }
+}
+
+fn spawn(args: &QemuArgs, dir: &Path) -> Result<Child> {
+    let stderr_path = dir.join("qemu.stderr");
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stderr_path)
+        .map_err(HarnessError::io("cannot create", &stderr_path))?;
+    let mut cmd = args.command();
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+    cmd.spawn().map_err(|source| HarnessError::Spawn {
+        program: crate::qemu::QEMU.into(),
+        source,
+    })
+}
+
+impl Vm {
+    /// Pull the plug: SIGKILL QEMU at once, whatever the guest is doing.
+    /// Writes the guest had not flushed to the virtual disk are lost, as
+    /// they would be on a real power cut.
+    pub fn power_cut(&mut self) -> Result<()> {
+        if self.poll_exit()?.is_none() {
+            let _ = self.child.kill();
+            let status = self
+                .child
+                .wait()
+                .map_err(HarnessError::io("cannot wait for QEMU in", &self.dir))?;
+            self.exit = Some(status);
+        }
+        Ok(())
+    }
+
+    /// Power on again after QEMU ended (a power cut, a shutdown): the same
+    /// disk overlay and EFI variable store, a fresh console log
+    /// (`console.log.<n>` keeps the earlier ones).
+    pub fn power_on(&mut self) -> Result<()> {
+        if self.poll_exit()?.is_none() {
+            return Err(HarnessError::StillRunning {
+                waited: Duration::ZERO,
+                console: self.console.path().to_path_buf(),
+                tail: self.tail(),
+            });
+        }
+        let log = self.console.path().to_path_buf();
+        let kept = self.dir.join(format!("console.log.{}", self.runs));
+        std::fs::rename(&log, &kept).map_err(HarnessError::io("cannot keep", &log))?;
+        self.qmp = None;
+        let _ = std::fs::remove_file(&self.qmp_socket);
+        self.child = spawn(&self.args, &self.dir)?;
+        self.runs += 1;
+        self.exit = None;
+        self.started = Instant::now();
+        self.console = Console::new(&log);
+        Ok(())
+    }
+
+    /// The qcow2 overlay holding the VM's disk writes.
+    pub fn overlay(&self) -> PathBuf {
+        self.dir.join("overlay.qcow2")
     }
 }
 

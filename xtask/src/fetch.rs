@@ -1,12 +1,15 @@
 //! `cargo xtask fetch [--update]`: fill artifacts/ from artifacts.lock with
 //! `apt-get download`, verifying every sha256; or re-pin to the archive.
+//! Plain-file artifacts (`kind = "file"`: k3s, its air-gap images) cannot be
+//! downloaded here: they are verified when present, and when missing the
+//! way to obtain them is printed, never skipped in silence.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
-use image_builder::lock::{self, Artifact, Lock, LockError};
+use image_builder::lock::{self, Artifact, DebPin, Lock, LockError, Origin};
 
 use crate::deps::{self, apt_get, is_root};
 use crate::workspace::{describe, Workspace};
@@ -15,7 +18,28 @@ const APT_LISTS: &str = "/var/lib/apt/lists";
 /// Package lists older than this are refreshed before looking anything up.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
+/// What to do about a pinned plain file that is not in artifacts/.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingFiles {
+    /// `cargo xtask fetch`: report it and fail, artifacts/ is incomplete.
+    Fail,
+    /// Before building the default image, which names no file artifact:
+    /// report it loudly and go on.
+    Warn,
+}
+
+/// `cargo xtask fetch`: every pinned artifact must end up in artifacts/.
+pub fn fetch_all(ws: &Workspace, update: bool) -> Result<()> {
+    fetch_with(ws, update, MissingFiles::Fail)
+}
+
+/// Before building, testing or benchmarking the default image, which names
+/// no plain-file artifact: a missing one is reported loudly, not fatal.
 pub fn fetch(ws: &Workspace, update: bool) -> Result<()> {
+    fetch_with(ws, update, MissingFiles::Warn)
+}
+
+pub fn fetch_with(ws: &Workspace, update: bool, missing_files: MissingFiles) -> Result<()> {
     deps::ensure(&[deps::FETCH])?;
     let lock_path = ws.lock_file();
     let lock = Lock::load(&lock_path)?;
@@ -26,17 +50,95 @@ pub fn fetch(ws: &Workspace, update: bool) -> Result<()> {
         return update_lock(ws, &lock_path, lock, &dir);
     }
     let mut apt = Apt::default();
+    let mut missing = Vec::new();
     for a in &lock.artifacts {
-        fetch_one(&mut apt, &dir, a)?;
+        match &a.origin {
+            Origin::Deb(d) => {
+                fetch_one(&mut apt, &dir, a, d)?;
+            }
+            Origin::File(_) => {
+                if let FileState::Missing = check_file(&dir, a)? {
+                    missing.push(a.name.clone());
+                }
+            }
+        }
     }
-    Ok(())
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "{} pinned in artifacts.lock but not in {}: {}",
+        if missing.len() == 1 {
+            "a file is"
+        } else {
+            "files are"
+        },
+        dir.display(),
+        missing.join(", ")
+    );
+    match missing_files {
+        MissingFiles::Fail => bail!("{what}; see above for how to obtain each"),
+        MissingFiles::Warn => {
+            eprintln!("fetch: WARNING: {what}; images that name them cannot be built");
+            Ok(())
+        }
+    }
+}
+
+/// A pinned plain file in artifacts/.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileState {
+    Present(PathBuf),
+    Missing,
+}
+
+/// Present with the pinned sha256 → ok; missing → say how to obtain it;
+/// a different sha256 → error (a file the user copied is never deleted).
+pub fn check_file(dir: &Path, a: &Artifact) -> Result<FileState> {
+    match lock::verify(dir, a) {
+        Ok(file) => {
+            println!("fetch: ok        {} ({})", a.name, a.describe());
+            Ok(FileState::Present(file))
+        }
+        Err(LockError::Missing { .. }) => {
+            eprintln!("{}", missing_file_report(dir, a));
+            Ok(FileState::Missing)
+        }
+        Err(LockError::Mismatch { file, actual, .. }) => bail!(
+            "{} has sha256 {actual}, but artifacts.lock pins {} for {}: it is not the pinned file. \
+             Replace it: {}",
+            file.display(),
+            a.sha256,
+            a.name,
+            lock::obtain_hint(a, dir)
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `fetch: MISSING k3s: not present in artifacts/; download <url> on a
+/// connected machine, check sha256 <…>, copy it to artifacts/` — plus why.
+pub fn missing_file_report(dir: &Path, a: &Artifact) -> String {
+    let (file, source) = match &a.origin {
+        Origin::File(f) => (f.file.as_str(), f.source.as_str()),
+        Origin::Deb(_) => ("", ""),
+    };
+    format!(
+        "fetch: MISSING   {name}: not present in {dir}/; download {source} on a connected machine, \
+         check sha256 {sha256}, copy it to {dir}/{file}\n\
+         fetch:           ({name} is a plain file pinned in artifacts.lock; `cargo xtask fetch` only \
+         downloads Debian packages and never this one)",
+        name = a.name,
+        dir = dir.display(),
+        sha256 = a.sha256,
+    )
 }
 
 /// Present and verified → nothing to do; otherwise download and verify.
-fn fetch_one(apt: &mut Apt, dir: &Path, a: &Artifact) -> Result<PathBuf> {
+fn fetch_one(apt: &mut Apt, dir: &Path, a: &Artifact, d: &DebPin) -> Result<PathBuf> {
     match lock::verify(dir, a) {
         Ok(file) => {
-            println!("fetch: ok        {} ({} {})", a.name, a.package, a.version);
+            println!("fetch: ok        {} ({} {})", a.name, d.package, d.version);
             return Ok(file);
         }
         Err(LockError::Missing { .. }) => {}
@@ -49,8 +151,8 @@ fn fetch_one(apt: &mut Apt, dir: &Path, a: &Artifact) -> Result<PathBuf> {
         }
         Err(e) => return Err(e.into()),
     }
-    println!("fetch: download  {} ({} {})", a.name, a.package, a.version);
-    apt.download(dir, &a.package, &a.version, &a.arch)?;
+    println!("fetch: download  {} ({} {})", a.name, d.package, d.version);
+    apt.download(dir, &d.package, &d.version, &d.arch)?;
     match lock::verify(dir, a) {
         Ok(file) => Ok(file),
         Err(e) => {
@@ -63,26 +165,40 @@ fn fetch_one(apt: &mut Apt, dir: &Path, a: &Artifact) -> Result<PathBuf> {
     }
 }
 
-/// Re-pin every artifact to the candidate version of the archive.
+/// Re-pin every Debian artifact to the candidate version of the archive.
+/// Plain files are re-pinned by hand (README: "Pinning k3s"); they are only
+/// checked here.
 fn update_lock(ws: &Workspace, lock_path: &Path, mut lock: Lock, dir: &Path) -> Result<()> {
     let mut apt = Apt::default();
     apt.refresh()?;
     let mut changes = Vec::new();
     for a in lock.artifacts.iter_mut() {
-        let package = match &a.follows {
-            Some(meta) => apt.first_dependency(meta)?,
-            None => a.package.clone(),
+        let Some(d) = a.deb().cloned() else {
+            println!(
+                "fetch --update: {} is a plain file; re-pin it by hand (see README.md, \"Pinning k3s\")",
+                a.name
+            );
+            check_file(dir, a)?;
+            continue;
         };
-        let version = apt.candidate(&package, &a.arch)?;
-        if package == a.package && version == a.version {
-            fetch_one(&mut apt, dir, a)?;
+        let package = match &d.follows {
+            Some(meta) => apt.first_dependency(meta)?,
+            None => d.package.clone(),
+        };
+        let version = apt.candidate(&package, &d.arch)?;
+        if package == d.package && version == d.version {
+            fetch_one(&mut apt, dir, a, &d)?;
             continue;
         }
-        let next = Artifact {
+        let pin = DebPin {
             package,
             version,
+            ..d.clone()
+        };
+        let next = Artifact {
+            name: a.name.clone(),
             sha256: String::new(),
-            ..a.clone()
+            origin: Origin::Deb(pin.clone()),
         };
         let file = dir.join(next.file_name());
         if file.exists() {
@@ -91,23 +207,22 @@ fn update_lock(ws: &Workspace, lock_path: &Path, mut lock: Lock, dir: &Path) -> 
         }
         println!(
             "fetch: download  {} ({} {})",
-            next.name, next.package, next.version
+            next.name, pin.package, pin.version
         );
-        apt.download(dir, &next.package, &next.version, &next.arch)?;
+        apt.download(dir, &pin.package, &pin.version, &pin.arch)?;
         let sha256 =
             lock::sha256_file(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let next = Artifact { sha256, ..next };
         changes.push(format!(
             "  {}: {} {} ({}…) → {} {} ({}…)",
             a.name,
-            a.package,
-            a.version,
-            &a.sha256[..12],
-            next.package,
-            next.version,
-            &next.sha256[..12]
+            d.package,
+            d.version,
+            a.sha256.get(..12).unwrap_or(&a.sha256),
+            pin.package,
+            pin.version,
+            sha256.get(..12).unwrap_or(&sha256)
         ));
-        *a = next;
+        *a = Artifact { sha256, ..next };
     }
     if changes.is_empty() {
         println!("fetch --update: artifacts.lock is current; nothing changed");
@@ -344,6 +459,60 @@ mod tests {
         assert!(!left_the_archive(
             "E: Failed to fetch http://deb.debian.org/… 503 Service Unavailable\n"
         ));
+    }
+
+    const K3S_LOCK: &str = r#"
+version = 1
+suite = "bookworm"
+[[artifact]]
+name = "k3s"
+kind = "file"
+file = "k3s"
+sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+source = "https://github.com/k3s-io/k3s/releases/download/v1.30.3%2Bk3s1/k3s"
+"#;
+
+    #[test]
+    fn a_missing_file_artifact_is_explained_and_a_wrong_one_refused() {
+        let lock = Lock::parse(Path::new("a.lock"), K3S_LOCK).unwrap();
+        let k3s = &lock.artifacts[0];
+        let dir = tempfile_dir();
+        assert_eq!(check_file(&dir, k3s).unwrap(), FileState::Missing);
+        let report = missing_file_report(&dir, k3s);
+        let first = report.lines().next().unwrap();
+        assert_eq!(
+            first,
+            format!(
+                "fetch: MISSING   k3s: not present in {d}/; download \
+                 https://github.com/k3s-io/k3s/releases/download/v1.30.3%2Bk3s1/k3s on a connected machine, \
+                 check sha256 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824, copy it to {d}/k3s",
+                d = dir.display()
+            )
+        );
+        std::fs::write(dir.join("k3s"), b"hellO").unwrap();
+        let e = check_file(&dir, k3s).unwrap_err().to_string();
+        assert!(
+            e.contains("it is not the pinned file") && e.contains("download https://"),
+            "{e}"
+        );
+        assert!(
+            dir.join("k3s").exists(),
+            "a file the user copied is never deleted"
+        );
+        std::fs::write(dir.join("k3s"), b"hello").unwrap();
+        assert_eq!(
+            check_file(&dir, k3s).unwrap(),
+            FileState::Present(dir.join("k3s"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh directory under the system temp dir (xtask has no tempfile).
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-fetch-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod demo;
 mod deps;
 mod fetch;
 mod image;
+mod k3s;
 mod programs;
 mod test;
 mod workspace;
@@ -29,7 +30,8 @@ struct Cli {
 enum Cmd {
     /// Check the host tools every command needs; install missing ones on Debian.
     Deps,
-    /// Download the artifacts pinned in artifacts.lock into artifacts/ and verify them.
+    /// Download the artifacts pinned in artifacts.lock into artifacts/ and verify them;
+    /// plain files (k3s) are verified, and how to obtain a missing one is printed.
     Fetch {
         /// Re-pin every artifact to the archive's current candidate version.
         #[arg(long)]
@@ -49,6 +51,10 @@ enum Cmd {
     },
     /// Build everything, then run every test of the workspace, QEMU ones included.
     Test {
+        /// Also run the real-k3s QEMU tier (tests named k3s_real…) when
+        /// artifacts.lock pins k3s and artifacts/ has it; SKIPPED, loudly, otherwise.
+        #[arg(long)]
+        with_k3s: bool,
         /// Passed to the test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
@@ -83,14 +89,17 @@ fn run(cli: Cli) -> Result<()> {
     let ws = Workspace::locate()?;
     match cli.command {
         Cmd::Deps => deps::ensure(&[deps::FETCH, deps::IMAGE, deps::TEST, deps::BENCH]),
-        Cmd::Fetch { update } => fetch::fetch(&ws, update),
+        Cmd::Fetch { update } => fetch::fetch_all(&ws, update),
         Cmd::Image { out } => {
             deps::ensure(&[deps::FETCH, deps::IMAGE])?;
             let out = out.unwrap_or_else(|| ws.target_dir.join("image"));
             image::prepare(&ws, &out).map(drop)
         }
         Cmd::Demo { timeout } => demo::demo(&ws, timeout),
-        Cmd::Test { test_args } => test::test(&ws, &test_args),
+        Cmd::Test {
+            with_k3s,
+            test_args,
+        } => test::test(&ws, &test_args, with_k3s),
         Cmd::Bench { boots, builds } => bench::bench(&ws, boots.max(1), builds.max(1)),
     }
 }

@@ -1,5 +1,6 @@
-//! The node's own programs, built static for the node; and nodectl, the
-//! operator's CLI the API tests and benchmarks drive.
+//! The node's own programs, built static for the node; the test fixtures,
+//! built the same way; and nodectl, the operator's CLI the API tests and
+//! benchmarks drive.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,40 @@ pub fn build(ws: &Workspace) -> Result<Programs> {
         agent: ws.node_bin("node-agent"),
     })
 }
+
+/// The TEST FIXTURES `ticker` and `k3s-stand-in`, release, static like the
+/// node's programs (same flags, same target); returns the directory that
+/// holds them. A cargo run of its own: building them together with the
+/// agent could unify features of shared dependencies into the agent.
+pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
+    println!("xtask: building the test fixtures ticker and k3s-stand-in (release, static)");
+    let mut cmd = ws.cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        NODE_TARGET,
+        "-p",
+        "caisson-test-fixtures",
+    ])
+    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+    .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    run(&mut cmd)?;
+    let dir = ws.target_dir.join(NODE_TARGET).join("release");
+    for name in FIXTURES {
+        let bin = dir.join(name);
+        if !bin.is_file() {
+            anyhow::bail!(
+                "cargo built the fixtures but {} is not there",
+                bin.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// The binaries of `caisson-test-fixtures`.
+pub const FIXTURES: [&str; 2] = ["ticker", "k3s-stand-in"];
 
 /// `nodectl` for this host. Debug for the tests: `cargo test` builds the same
 /// binary anyway, so this costs nothing extra there. Release for the bench,

@@ -51,6 +51,10 @@ pub fn changes(old: Option<&MachineConfig>, new: &MachineConfig) -> Vec<ConfigCh
                     node_cert: None,
                     node_key: None,
                 },
+                upgrade: None,
+                kubernetes: None,
+                containerd: Default::default(),
+                containers: Vec::new(),
             };
             (&blank, true)
         }

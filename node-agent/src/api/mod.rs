@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod certs;
 pub mod listener;
+pub mod upgrades;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use caisson_api::audit::AuditLog;
-use caisson_api::server::LogLines;
-use caisson_api::types::{ApplyRequest, ApplyResponse, Health, ServiceStatus, VersionInfo};
+use caisson_api::server::{LogLines, UpgradeSource};
+use caisson_api::types::{
+    ApplyRequest, ApplyResponse, Health, RollbackRequest, RollbackResponse, ServiceStatus, UpgradeResponse, VersionInfo,
+};
 use caisson_api::{ApiError, Mode, NodeOps};
 use caisson_config::MachineConfig;
 use caisson_layout::paths::{BASE_CMDLINE, DATA_MOUNT, STATE_MOUNT};
@@ -160,9 +163,13 @@ pub struct Node {
     power: mpsc::Sender<power::Request>,
     pub(crate) running: tokio::sync::Mutex<Running>,
     status: Mutex<Status>,
+    /// The services (containerd, k3s), once started.
+    supervisor: std::sync::OnceLock<Arc<crate::supervisor::Supervisor>>,
+    runtime: Mutex<Option<crate::runtime::RuntimeCtx>>,
     /// Wakes the listener to re-issue its certificate and restart.
     pub(crate) api_restart: Notify,
     resetting: AtomicBool,
+    pub(crate) upgrades: crate::upgrade::Upgrades,
     pub(crate) me: Weak<Node>,
 }
 
@@ -185,6 +192,10 @@ impl Node {
             api: None,
             serving: None,
         };
+        let upgrades = crate::upgrade::Upgrades::new(
+            facts.slot.parse().unwrap_or(caisson_layout::Slot::A),
+            &paths.state,
+        );
         Arc::new_cyclic(|me| Node {
             store: ConfigStore::new(&paths.state),
             audit: Arc::new(AuditLog::new(paths.state.join(reset::AUDIT_LOG))),
@@ -199,8 +210,11 @@ impl Node {
                 tryout: TryWindow::default(),
             }),
             status: Mutex::new(status),
+            supervisor: std::sync::OnceLock::new(),
+            runtime: Mutex::new(None),
             api_restart: Notify::new(),
             resetting: AtomicBool::new(false),
+            upgrades,
             me: me.clone(),
         })
     }
@@ -211,6 +225,74 @@ impl Node {
 
     fn lock_status(&self) -> MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What starting the services needs; set once at boot.
+    pub fn set_runtime(&self, ctx: crate::runtime::RuntimeCtx) {
+        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx);
+    }
+
+    /// The supervisor, once services run.
+    pub fn supervisor(&self) -> Option<Arc<crate::supervisor::Supervisor>> {
+        self.supervisor.get().cloned()
+    }
+
+    /// Start the services `config` asks for, once per boot; the names of
+    /// those started (empty: the image has no containerd).
+    pub(crate) fn start_services(&self, config: &MachineConfig) -> Result<Vec<String>, String> {
+        if let Some(s) = self.supervisor.get() {
+            return Ok(s.names().iter().map(|n| n.to_string()).collect());
+        }
+        let guard = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        // Without a runtime (the agent's own tests) there is nothing to run.
+        let Some(ctx) = guard.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let data = self.host.is_mounted(&self.paths.var);
+        ctx.conditions.send_modify(|c| {
+            c.data_mounted = data;
+            c.network_up = true;
+            c.time_sane = true;
+        });
+        let facts = caisson_runtime_config::NodeFacts {
+            hostname: self.hostname_for(config),
+            addresses: Vec::new(),
+        };
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let load = |name: &str| -> Result<(), String> {
+            let m = modules.as_mut().ok_or("no module index")?;
+            m.loader.load_with_deps(name).map(drop).map_err(|e| e.to_string())
+        };
+        match crate::runtime::start(ctx, config, &facts, load)? {
+            None => Ok(Vec::new()),
+            Some(supervisor) => {
+                let names = supervisor.names().iter().map(|n| n.to_string()).collect();
+                self.set_supervisor(supervisor);
+                Ok(names)
+            }
+        }
+    }
+
+    /// Phase `services`: with a config, start them.
+    pub async fn start_boot_services(&self) -> Result<String, String> {
+        let config = self.running.lock().await.current.as_ref().map(|a| a.config.clone());
+        match config {
+            None => Ok("none: no machine config yet".into()),
+            Some(c) => self.start_services(&c).map(|names| {
+                if names.is_empty() {
+                    "none: this image has no containerd".to_string()
+                } else {
+                    names.join(", ")
+                }
+            }),
+        }
+    }
+
+    /// Serve the supervisor's services: `services`, `restart` and their logs.
+    pub fn set_supervisor(&self, supervisor: Arc<crate::supervisor::Supervisor>) {
+        if self.supervisor.set(supervisor).is_err() {
+            warn!("api: a supervisor is already set; keeping the first");
+        }
     }
 
     pub(crate) fn set_serving(&self, serving: Option<String>) {
@@ -370,7 +452,7 @@ impl Node {
                 for step in p
                     .live
                     .iter()
-                    .filter(|s| !matches!(s, LiveStep::Network | LiveStep::Api))
+                    .filter(|s| !matches!(s, LiveStep::Network | LiveStep::Api | LiveStep::Services))
                 {
                     match self.run_step(step, &config).await {
                         Ok(lines) => lines.iter().for_each(|l| info!("config: {l}")),
@@ -458,7 +540,7 @@ impl Node {
                         }
                     }
                 }
-                LiveStep::Hostname | LiveStep::Network | LiveStep::Api => {}
+                LiveStep::Hostname | LiveStep::Network | LiveStep::Api | LiveStep::Services => {}
             }
         }
         if problems.is_empty() {
@@ -513,6 +595,13 @@ impl Node {
                 self.api_restart.notify_one();
                 Ok(said())
             }
+            LiveStep::Services => self.start_services(new).map(|names| {
+                vec![if names.is_empty() {
+                    "services: none (no containerd on this node)".to_string()
+                } else {
+                    format!("services: started {}", names.join(", "))
+                }]
+            }),
         }
     }
 
@@ -619,6 +708,7 @@ mod tests;
 impl NodeOps for Node {
     fn version(&self) -> VersionInfo {
         let status = self.status();
+        let (slots, last_upgrade) = self.upgrades.slots_view(&self.facts.image_version);
         VersionInfo {
             image_version: self.facts.image_version.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -626,6 +716,8 @@ impl NodeOps for Node {
             kernel: self.facts.kernel.clone(),
             hostname: status.hostname,
             maintenance: status.mode == Mode::Maintenance,
+            slots,
+            last_upgrade,
         }
     }
 
@@ -646,14 +738,19 @@ impl NodeOps for Node {
     }
 
     fn services(&self) -> Vec<ServiceStatus> {
-        // The supervisor (containerd, k3s) comes with a later issue.
-        Vec::new()
+        self.supervisor
+            .get()
+            .map(|s| s.status())
+            .unwrap_or_default()
     }
 
     async fn restart_service(&self, name: &str) -> Result<(), ApiError> {
-        Err(ApiError::NotFound(format!(
-            "service {name:?} (this node runs no services yet)"
-        )))
+        match self.supervisor.get() {
+            Some(supervisor) => supervisor.restart(name).await.map_err(ApiError::from),
+            None => Err(ApiError::NotFound(format!(
+                "service {name:?} (this node runs no services yet)"
+            ))),
+        }
     }
 
     fn logs(&self, source: &str, tail: usize, follow: bool) -> Result<LogLines, ApiError> {
@@ -662,12 +759,21 @@ impl NodeOps for Node {
             "agent" => Ok(logs::agent_log().history(tail)),
             "kernel" => logs::kmsg::stream(tail, follow)
                 .map_err(|e| ApiError::Internal(format!("reading {}: {e}", logs::kmsg::DEV_KMSG))),
-            other => Err(ApiError::NotFound(format!(
-                "log source {other:?} (sources: agent, kernel)"
-            ))),
+            other => match self.supervisor.get().and_then(|s| s.logs(other)) {
+                Some(ring) if follow => Ok(ring.follow(tail)),
+                Some(ring) => Ok(ring.history(tail)),
+                None => {
+                    let services = self.supervisor.get().map(|s| s.names()).unwrap_or_default();
+                    let sources: Vec<&str> =
+                        ["agent", "kernel"].into_iter().chain(services).collect();
+                    Err(ApiError::NotFound(format!(
+                        "log source {other:?} (sources: {})",
+                        sources.join(", ")
+                    )))
+                }
+            },
         }
     }
-
     fn reboot(&self) -> Result<(), ApiError> {
         power::request_from_api(&self.power, ShutdownAction::Reboot);
         Ok(())
@@ -680,5 +786,13 @@ impl NodeOps for Node {
 
     fn reset(&self) -> Result<(), ApiError> {
         self.reset_now()
+    }
+
+    async fn upgrade(&self, source: UpgradeSource, stage: bool, by: String) -> Result<UpgradeResponse, ApiError> {
+        self.upgrade_now(source, stage, by).await
+    }
+
+    async fn rollback(&self, req: RollbackRequest, by: String) -> Result<RollbackResponse, ApiError> {
+        self.rollback_now(req, by).await
     }
 }

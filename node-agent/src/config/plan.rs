@@ -21,6 +21,9 @@ pub enum LiveStep {
     Network,
     /// Re-issue the server certificate and restart the API listener.
     Api,
+    /// Start containerd, k3s and the system containers: once, with the
+    /// node's first config (later changes to them need a reboot).
+    Services,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +115,24 @@ pub fn plan(old: Option<&MachineConfig>, new: &MachineConfig) -> ApplyPlan {
     if old.map(|o| &o.api) != Some(&new.api) || hostname_changed {
         p.live.push(LiveStep::Api);
     }
+    match old {
+        None => p.live.push(LiveStep::Services),
+        Some(o) => {
+            if o.kubernetes != new.kubernetes {
+                p.needs_reboot
+                    .push("kubernetes: k3s starts with the new settings at the next boot".to_string());
+            }
+            if o.containerd != new.containerd {
+                p.needs_reboot.push(
+                    "containerd.registries: containerd and k3s read the new registries at the next boot".to_string(),
+                );
+            }
+            if o.containers != new.containers {
+                p.needs_reboot
+                    .push("containers: the system containers change at the next boot".to_string());
+            }
+        }
+    }
     p
 }
 
@@ -143,6 +164,7 @@ impl ApplyPlan {
                     new.api.port
                 )]
             }
+            LiveStep::Services => vec!["services: containerd, k3s and system containers started".to_string()],
         }
     }
 
@@ -178,6 +200,10 @@ mod tests {
                 node_cert: None,
                 node_key: None,
             },
+            upgrade: None,
+            kubernetes: None,
+            containerd: Default::default(),
+            containers: Vec::new(),
         }
     }
 
@@ -199,6 +225,7 @@ mod tests {
                 LiveStep::Modules(vec!["br_netfilter".into()]),
                 LiveStep::Network,
                 LiveStep::Api,
+                LiveStep::Services,
             ]
         );
         assert_eq!(p.needs_reboot.len(), 1);
@@ -293,5 +320,30 @@ mod tests {
         let all = p.all_at_next_boot(&new, "n");
         assert!(all[0].starts_with("machine.hostname: n (staged"), "{all:?}");
         assert!(all.last().unwrap().starts_with("kernel.args"));
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    #[test]
+    fn later_changes_to_kubernetes_registries_or_containers_wait_for_a_reboot() {
+        let old: MachineConfig = toml::from_str("version = 1\n[api]\nca_cert = \"ca\"\n").unwrap();
+        let mut new = old.clone();
+        new.containers.push(caisson_config::Container {
+            name: "exporter".into(),
+            image: "localhost/exporter:1".into(),
+            archive: None,
+            args: vec![],
+            env: Default::default(),
+            restart: Default::default(),
+            memory_max_mib: None,
+            mounts: vec![],
+        });
+        let p = plan(Some(&old), &new);
+        assert!(!p.live.contains(&LiveStep::Services), "{p:?}");
+        assert!(p.needs_reboot.iter().any(|r| r.starts_with("containers:")), "{p:?}");
+        assert!(plan(Some(&new), &new).needs_reboot.is_empty());
     }
 }

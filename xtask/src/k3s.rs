@@ -1,0 +1,208 @@
+//! The real-k3s tier of `cargo xtask test --with-k3s`.
+//!
+//! k3s cannot be downloaded on the machines this project is built on, so the
+//! official binary is something a user pins and supplies (README.md,
+//! "Pinning k3s"). When artifacts.lock pins a plain file named `k3s` and it
+//! is in artifacts/ with its sha256, the tier builds an image like the
+//! default one with `[k3s] artifact = "k3s"` (and every pinned
+//! `k3s-airgap-images*` file as its air-gap images) and runs the QEMU tests
+//! named `k3s_real…`, which are `#[ignore]`d in a plain run, with
+//! `--ignored k3s_real` and the image in `CAISSON_K3S_TEST_IMAGE`. When k3s
+//! is not there the tier is SKIPPED, loudly, and does not fail the run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image_builder::lock::{Lock, Origin};
+
+use crate::fetch::{self, FileState};
+use crate::programs::Programs;
+use crate::workspace::Workspace;
+
+/// The lock name of the k3s binary.
+pub const BINARY_ARTIFACT: &str = "k3s";
+/// Lock names starting with this are k3s's air-gap image archives.
+pub const AIRGAP_PREFIX: &str = "k3s-airgap-images";
+/// The libtest filter that selects the tier's tests.
+pub const TEST_FILTER: &str = "k3s_real";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tier {
+    /// k3s is pinned and present; the air-gap artifacts to bake.
+    Ready { airgap_images: Vec<String> },
+    /// Why the tier cannot run.
+    Unavailable(String),
+}
+
+/// Whether the tier can run. A pinned file that is present with another
+/// sha256 is an error, not a skip: artifacts/ holds something that is not
+/// what the lock says.
+pub fn check(ws: &Workspace) -> Result<Tier> {
+    let lock_path = ws.lock_file();
+    let lock = Lock::load(&lock_path)?;
+    let dir = ws.artifacts_dir();
+    let Some(k3s) = lock.artifacts.iter().find(|a| a.name == BINARY_ARTIFACT) else {
+        return Ok(Tier::Unavailable(format!(
+            "artifacts.lock pins no artifact named \"{BINARY_ARTIFACT}\""
+        )));
+    };
+    if !matches!(k3s.origin, Origin::File(_)) {
+        bail!("artifacts.lock: \"{BINARY_ARTIFACT}\" must be kind = \"file\" (the official k3s binary)");
+    }
+    let airgap: Vec<_> = lock
+        .artifacts
+        .iter()
+        .filter(|a| a.name.starts_with(AIRGAP_PREFIX) && matches!(a.origin, Origin::File(_)))
+        .collect();
+    let mut missing = Vec::new();
+    for a in std::iter::once(k3s).chain(airgap.iter().copied()) {
+        if fetch::check_file(&dir, a)? == FileState::Missing {
+            missing.push(a.name.clone());
+        }
+    }
+    if !missing.is_empty() {
+        return Ok(Tier::Unavailable(format!(
+            "pinned in artifacts.lock but not in {}: {} (how to obtain each is printed above)",
+            dir.display(),
+            missing.join(", ")
+        )));
+    }
+    Ok(Tier::Ready {
+        airgap_images: airgap.iter().map(|a| a.name.clone()).collect(),
+    })
+}
+
+/// The loud notice of a skipped tier.
+pub fn skipped(why: &str) -> String {
+    let rule = "=".repeat(78);
+    format!(
+        "{rule}\n\
+         SKIPPED: real-k3s tier: {why}.\n\
+         \x20 The QEMU tests named {TEST_FILTER}… boot an image with the official k3s and were NOT run.\n\
+         \x20 k3s cannot be downloaded by `cargo xtask fetch`. To enable the tier:\n\
+         \x20   1. add the k3s release to artifacts.lock as `kind = \"file\"` artifacts named\n\
+         \x20      \"{BINARY_ARTIFACT}\" (and \"{AIRGAP_PREFIX}-amd64\"), sha256 from the release's\n\
+         \x20      sha256sum-amd64.txt (README.md, \"Pinning k3s\", has the lines);\n\
+         \x20   2. download the files on a connected machine and copy them into artifacts/;\n\
+         \x20   3. cargo xtask test --with-k3s\n\
+         {rule}"
+    )
+}
+
+/// The default spec with `[k3s]` added, its relative paths made absolute
+/// (the derived spec lives in the target directory).
+pub fn derive_spec(spec_text: &str, spec_dir: &Path, airgap_images: &[String]) -> Result<String> {
+    let mut spec: toml::Table = spec_text.parse().context("cannot parse the default spec")?;
+    for (table, key) in [
+        ("artifacts", "lock"),
+        ("artifacts", "dir"),
+        ("programs", "init"),
+        ("programs", "agent"),
+        ("image", "config"),
+    ] {
+        let Some(value) = spec
+            .get_mut(table)
+            .and_then(|t| t.as_table_mut())
+            .and_then(|t| t.get_mut(key))
+        else {
+            continue;
+        };
+        if let Some(path) = value.as_str().filter(|p| !Path::new(p).is_absolute()) {
+            *value = toml::Value::String(spec_dir.join(path).display().to_string());
+        }
+    }
+    let mut k3s = toml::Table::new();
+    k3s.insert("artifact".into(), BINARY_ARTIFACT.into());
+    k3s.insert(
+        "airgap_images".into(),
+        toml::Value::Array(airgap_images.iter().map(|a| a.as_str().into()).collect()),
+    );
+    spec.insert("k3s".into(), toml::Value::Table(k3s));
+    Ok(format!(
+        "# Generated by `cargo xtask test --with-k3s` from the default spec, plus [k3s].\n{}",
+        toml::to_string(&spec).context("cannot write the derived spec")?
+    ))
+}
+
+/// Build the real-k3s image; returns its path.
+pub fn build_image(
+    ws: &Workspace,
+    builder: &Path,
+    programs: &Programs,
+    airgap_images: &[String],
+) -> Result<PathBuf> {
+    let default = ws.default_spec();
+    let text = std::fs::read_to_string(&default)
+        .with_context(|| format!("cannot read {}", default.display()))?;
+    let dir = ws.target_dir.join("caisson-test/k3s");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let spec = dir.join("spec.toml");
+    let base = default.parent().unwrap_or(Path::new("."));
+    std::fs::write(&spec, derive_spec(&text, base, airgap_images)?)
+        .with_context(|| format!("cannot write {}", spec.display()))?;
+    println!(
+        "xtask: building the real-k3s image from {} into {}",
+        spec.display(),
+        dir.join("image").display()
+    );
+    let built = crate::image::build_image(ws, builder, &spec, &dir.join("image"), programs)?;
+    println!(
+        "xtask: built {} in {:.1} s",
+        built.raw.display(),
+        built.took.as_secs_f64()
+    );
+    Ok(built.raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_spec_adds_k3s_and_keeps_paths_working() {
+        let text = "[image]\nname = \"caisson\"\nversion = \"0.1.0\"\nsource_date_epoch = 1\n\n\
+                    [artifacts]\nlock = \"../../artifacts.lock\"\ndir = \"/abs/artifacts\"\n\n\
+                    [programs]\ninit = \"../../target/init\"\nagent = \"a\"\n";
+        let out = derive_spec(
+            text,
+            Path::new("/ws/image-builder/specs"),
+            &["k3s-airgap-images-amd64".into()],
+        )
+        .unwrap();
+        let spec: toml::Table = out.parse().unwrap();
+        assert_eq!(
+            spec["artifacts"]["lock"].as_str(),
+            Some("/ws/image-builder/specs/../../artifacts.lock")
+        );
+        assert_eq!(spec["artifacts"]["dir"].as_str(), Some("/abs/artifacts"));
+        assert_eq!(
+            spec["programs"]["agent"].as_str(),
+            Some("/ws/image-builder/specs/a")
+        );
+        assert_eq!(spec["k3s"]["artifact"].as_str(), Some("k3s"));
+        assert_eq!(
+            spec["k3s"]["airgap_images"].as_array().unwrap()[0].as_str(),
+            Some("k3s-airgap-images-amd64")
+        );
+    }
+
+    #[test]
+    fn the_default_spec_derives_and_parses_as_a_spec() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let default = root.join("image-builder/specs/qemu.toml");
+        let text = std::fs::read_to_string(&default).unwrap();
+        let out = derive_spec(&text, default.parent().unwrap(), &[]).unwrap();
+        let spec = image_builder::spec::Spec::parse(Path::new("derived.toml"), &out).unwrap();
+        assert_eq!(spec.k3s.unwrap().artifact.as_deref(), Some("k3s"));
+    }
+
+    #[test]
+    fn the_skip_notice_is_loud_and_says_how_to_enable_the_tier() {
+        let s = skipped("artifacts.lock pins no artifact named \"k3s\"");
+        assert!(s.lines().count() >= 8, "{s}");
+        assert!(
+            s.contains("SKIPPED: real-k3s tier: artifacts.lock pins no artifact named \"k3s\".")
+        );
+        assert!(s.contains("cargo xtask test --with-k3s") && s.contains("sha256sum-amd64.txt"));
+    }
+}

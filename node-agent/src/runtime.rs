@@ -156,22 +156,58 @@ pub async fn import_images(
     conditions: watch::Sender<Conditions>,
     archives: Vec<(PathBuf, &'static str)>,
 ) {
-    if !archives.is_empty() {
-        match supervisor.wait_healthy("containerd", CONTAINERD_UP).await {
-            Err(e) => error!("images: containerd is not up ({e}); nothing imported"),
-            Ok(()) => {
-                let ctr = Ctr::node();
-                let state = Path::new(containerd::IMPORT_STATE_DIR);
-                for (archive, namespace) in &archives {
-                    match containerd::import_archive(&reaper, &ctr, namespace, archive, state).await {
-                        Ok(r) => info!("images: {} into {namespace}: {:?}", archive.display(), r.outcome),
-                        Err(e) => error!("images: {}: {e}", archive.display()),
-                    }
+    let ctr = Ctr::node();
+    match supervisor.wait_healthy("containerd", CONTAINERD_UP).await {
+        Err(e) => error!("images: containerd is not up ({e}); nothing imported"),
+        Ok(()) => {
+            log_cri_view(&ctr.socket).await;
+            let state = Path::new(containerd::IMPORT_STATE_DIR);
+            for (archive, namespace) in &archives {
+                match containerd::import_archive(&reaper, &ctr, namespace, archive, state).await {
+                    Ok(r) => info!("images: {} into {namespace}: {:?}", archive.display(), r.outcome),
+                    Err(e) => error!("images: {}: {e}", archive.display()),
                 }
             }
         }
     }
     conditions.send_modify(|c| c.images_ready = true);
+}
+
+/// containerd's own view of the config it loaded (CRI status), in one line:
+/// what an operator (and the tests) check the rendered files against.
+async fn log_cri_view(socket: &Path) {
+    match containerd::cri_status_config(socket).await {
+        Ok(cri) => {
+            let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            info!(
+                "containerd: CRI config as loaded: registry.configPath={} cni.binDir={} cni.confDir={} snapshotter={} sandboxImage={}",
+                text(&cri["registry"]["configPath"]),
+                text(&cri["cni"]["binDir"]),
+                text(&cri["cni"]["confDir"]),
+                text(&cri["containerd"]["snapshotter"]),
+                text(&cri["sandboxImage"]),
+            );
+        }
+        Err(e) => warn!("containerd: reading its CRI config: {e}"),
+    }
+}
+
+/// A system container's writable volume under /var or /run that does not
+/// exist yet is created (0700), as runc refuses a missing bind source.
+fn prepare_mount_sources(config: &MachineConfig) {
+    use std::os::unix::fs::DirBuilderExt;
+    for c in &config.containers {
+        for m in c.mounts.iter().filter(|m| !m.readonly) {
+            let source = Path::new(&m.source);
+            let ours = m.source.starts_with("/var/") || m.source.starts_with("/run/");
+            if ours && !source.exists() {
+                match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(source) {
+                    Ok(()) => info!("runtime: {}: created {}", c.name, m.source),
+                    Err(e) => warn!("runtime: {}: creating {}: {e}", c.name, m.source),
+                }
+            }
+        }
+    }
 }
 
 /// Everything before the supervisor starts, then the supervisor.
@@ -206,6 +242,7 @@ pub fn start(
             paths::K3S_BINARY
         );
     }
+    prepare_mount_sources(config);
     let ctr = Ctr::node();
     let specs = specs(config, &ctr)?;
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();

@@ -30,12 +30,13 @@ pub enum Endpoint {
     Upgrade,
     UpgradeFetch,
     Rollback,
+    Kubeconfig,
 }
 
 use Role::{Admin, Operator, Reader};
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 16] = [
+    pub const ALL: [Endpoint; 17] = [
         Endpoint::Version,
         Endpoint::Health,
         Endpoint::ConfigGet,
@@ -52,6 +53,7 @@ impl Endpoint {
         Endpoint::Upgrade,
         Endpoint::UpgradeFetch,
         Endpoint::Rollback,
+        Endpoint::Kubeconfig,
     ];
 
     /// The role table.
@@ -67,6 +69,8 @@ impl Endpoint {
             // The bundle's signature decides what may be installed; the
             // role decides who may start it.
             Endpoint::Upgrade | Endpoint::UpgradeFetch | Endpoint::Rollback => &[Admin, Operator],
+            // The cluster's admin credentials.
+            Endpoint::Kubeconfig => &[Admin],
         }
     }
 
@@ -86,7 +90,8 @@ impl Endpoint {
             | Endpoint::Audit
             | Endpoint::Upgrade
             | Endpoint::UpgradeFetch
-            | Endpoint::Rollback => false,
+            | Endpoint::Rollback
+            | Endpoint::Kubeconfig => false,
         }
     }
 
@@ -102,6 +107,8 @@ impl Endpoint {
             | Endpoint::Upgrade
             | Endpoint::UpgradeFetch
             | Endpoint::Rollback => true,
+            // Not mutating, but it hands out credentials: always audited.
+            Endpoint::Kubeconfig => true,
             Endpoint::Version
             | Endpoint::Health
             | Endpoint::ConfigGet
@@ -131,6 +138,7 @@ impl Endpoint {
             Endpoint::Upgrade => ("POST", "/v1/upgrade"),
             Endpoint::UpgradeFetch => ("POST", "/v1/upgrade/url"),
             Endpoint::Rollback => ("POST", "/v1/rollback"),
+            Endpoint::Kubeconfig => ("GET", "/v1/kubeconfig"),
         }
     }
 
@@ -153,6 +161,7 @@ impl Endpoint {
             Endpoint::Upgrade => "upgrade",
             Endpoint::UpgradeFetch => "upgrade.url",
             Endpoint::Rollback => "rollback",
+            Endpoint::Kubeconfig => "kubeconfig",
         }
     }
 

@@ -67,6 +67,8 @@ pub trait NodeOps: Send + Sync + 'static {
         stage: bool,
         by: String,
     ) -> impl Future<Output = Result<UpgradeResponse, ApiError>> + Send;
+    /// k3s's admin kubeconfig (servers only), as k3s wrote it.
+    fn kubeconfig(&self) -> Result<String, ApiError>;
     /// Make the other, known-good slot boot next.
     fn rollback(&self, req: RollbackRequest, by: String)
         -> impl Future<Output = Result<RollbackResponse, ApiError>> + Send;
@@ -315,6 +317,13 @@ async fn rollback<T: NodeOps>(
     r.map(Json)
 }
 
+async fn kubeconfig<T: NodeOps>(State(app): S<T>, Extension(c): C) -> Result<String, ApiError> {
+    app.authorize(&c, Endpoint::Kubeconfig, &json!(null))?;
+    let r = app.ops.kubeconfig();
+    app.outcome(&c, Endpoint::Kubeconfig, json!(null), &r);
+    r
+}
+
 fn route_path(e: Endpoint) -> &'static str {
     e.route().1
 }
@@ -338,6 +347,7 @@ pub fn router<T: NodeOps>(ops: Arc<T>, audit: Arc<AuditLog>, mode: Mode) -> Rout
         .route(route_path(Endpoint::Upgrade), post(upgrade::<T>))
         .route(route_path(Endpoint::UpgradeFetch), post(upgrade_fetch::<T>))
         .route(route_path(Endpoint::Rollback), post(rollback::<T>))
+        .route(route_path(Endpoint::Kubeconfig), get(kubeconfig::<T>))
         .with_state(app)
 }
 

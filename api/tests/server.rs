@@ -111,6 +111,9 @@ impl NodeOps for FakeNode {
             rebooting: !stage,
         })
     }
+    fn kubeconfig(&self) -> Result<String, ApiError> {
+        Ok("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: QUJD\n    server: https://127.0.0.1:6443\n  name: default\nkind: Config\n".into())
+    }
     async fn rollback(&self, req: RollbackRequest, _by: String) -> Result<RollbackResponse, ApiError> {
         Ok(RollbackResponse { from_version: "0.2.0".into(), slot: "a".into(), version: "0.1.0".into(), rebooting: req.reboot })
     }

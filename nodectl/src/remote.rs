@@ -131,6 +131,14 @@ pub enum RemoteCommand {
         #[arg(long)]
         no_reboot: bool,
     },
+    /// Print k3s's admin kubeconfig from a server node (admin role), its
+    /// server address rewritten to the node's address as nodectl reaches it.
+    Kubeconfig {
+        /// The host (name or IP) to put in the kubeconfig's server URL
+        /// [default: the node's endpoint host].
+        #[arg(long, value_name = "HOST")]
+        server_host: Option<String>,
+    },
     /// Show the audit log: every mutating call and every refusal.
     Audit {
         /// Most recent records to show.
@@ -298,6 +306,19 @@ pub fn run(cmd: RemoteCommand, conn: &Connection) -> Result<bool> {
                 render::print(conn.output, &fan_out(&nodes, &call, view).await)
             }
             Plan::Stream(call) => stream_all(&nodes, &call, conn.output).await,
+            Plan::Kubeconfig(host) => {
+                let call = Call::new(Endpoint::Kubeconfig);
+                let results = join_all(nodes.iter().map(|n| {
+                    let call = call.clone();
+                    let host = host.clone().unwrap_or_else(|| n.target.host.clone());
+                    async move {
+                        let r = n.call(&call).await.and_then(|body| views::kubeconfig(&body, &host));
+                        (n.target.clone(), r)
+                    }
+                }))
+                .await;
+                render::print(conn.output, &results)
+            }
         }
     }))
 }
@@ -307,6 +328,8 @@ type ViewFn = fn(&[u8]) -> Result<Outcome, Failure>;
 enum Plan {
     Once(Call, ViewFn),
     Stream(Call),
+    /// The kubeconfig, rewritten per node to its address.
+    Kubeconfig(Option<String>),
 }
 
 fn plan(cmd: RemoteCommand) -> Result<Plan> {
@@ -350,6 +373,7 @@ fn plan(cmd: RemoteCommand) -> Result<Plan> {
             Call::new(Endpoint::Rollback).json(&RollbackRequest { reboot: !no_reboot }),
             views::rolled_back,
         ),
+        RemoteCommand::Kubeconfig { server_host } => Plan::Kubeconfig(server_host),
         RemoteCommand::Audit { tail } => {
             Plan::Once(Call::new(Endpoint::Audit).query(&[("tail", tail.to_string())]), views::audit)
         }

@@ -402,3 +402,57 @@ mod tests {
         assert_eq!(version(b"{}").unwrap_err().code, "bad-response");
     }
 }
+
+/// The kubeconfig as k3s wrote it, with its `server:` lines pointing at
+/// `host` instead of the node's loopback address.
+pub fn kubeconfig(body: &[u8], host: &str) -> Result<Outcome, Failure> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Failure::new("bad-response", format!("the kubeconfig is not UTF-8: {e}")))?;
+    let rewritten = rewrite_server(text, host);
+    Ok(Outcome::new(Value::String(rewritten.clone()), View::Text(rewritten.trim_end().to_string())))
+}
+
+/// `server: https://127.0.0.1:6443` → `server: https://<host>:6443`
+/// (IPv6 hosts bracketed); other lines unchanged.
+pub fn rewrite_server(text: &str, host: &str) -> String {
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        match trimmed.strip_prefix("server: https://") {
+            Some(rest) => {
+                let port_and_path = rest
+                    .trim_end()
+                    .strip_prefix("127.0.0.1")
+                    .or_else(|| rest.trim_end().strip_prefix("[::1]"))
+                    .or_else(|| rest.trim_end().strip_prefix("localhost"));
+                match port_and_path {
+                    Some(p) => {
+                        out.push_str(&format!("{indent}server: https://{host}{p}"));
+                        if line.ends_with('\n') {
+                            out.push('\n');
+                        }
+                    }
+                    None => out.push_str(line),
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod kubeconfig_tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_server_lines_are_rewritten() {
+        let text = "clusters:\n- cluster:\n    server: https://127.0.0.1:6443\n  name: default\n    server: https://k8s.example:6443\n";
+        let out = rewrite_server(text, "10.0.0.5");
+        assert!(out.contains("    server: https://10.0.0.5:6443\n"), "{out}");
+        assert!(out.contains("server: https://k8s.example:6443"), "{out}");
+        assert_eq!(rewrite_server("server: https://[::1]:6443\n", "fd00::5"), "server: https://[fd00::5]:6443\n");
+    }
+}

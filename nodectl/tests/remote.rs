@@ -155,6 +155,9 @@ impl NodeOps for FakeNode {
             rebooting: !stage,
         })
     }
+    fn kubeconfig(&self) -> Result<String, ApiError> {
+        Ok("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: QUJD\n    server: https://127.0.0.1:6443\n  name: default\nkind: Config\n".into())
+    }
     async fn rollback(&self, req: RollbackRequest, _by: String) -> Result<RollbackResponse, ApiError> {
         Ok(RollbackResponse { from_version: "0.2.0".into(), slot: "a".into(), version: "0.1.0".into(), rebooting: req.reboot })
     }
@@ -681,4 +684,19 @@ fn upgrade_streams_the_bundle_file_whole_and_rollback_reports_the_next_slot() {
     let r = nodectl(Some(&admin), &["rollback", "--no-reboot"]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stdout.trim(), "slot a (0.1.0) boots next instead of 0.2.0; at the next reboot");
+}
+
+#[test]
+fn kubeconfig_comes_back_with_the_nodes_address_and_only_for_admins() {
+    let pki = pki();
+    let s = serve(&pki, Mode::Normal);
+    let admin = pki.client_config("admin", "test", &[s.addr()]);
+    let r = nodectl(Some(&admin), &["kubeconfig"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("server: https://127.0.0.1:6443") || r.stdout.contains("server: https://"), "{}", r.stdout);
+    let r = nodectl(Some(&admin), &["kubeconfig", "--server-host", "k8s.site.internal"]);
+    assert!(r.stdout.contains("    server: https://k8s.site.internal:6443"), "{}", r.stdout);
+    let operator = pki.client_config("operator", "test", &[s.addr()]);
+    let r = nodectl(Some(&operator), &["kubeconfig"]);
+    assert!(!r.ok && r.stderr.contains("role operator may not call kubeconfig"), "{}", r.stderr);
 }

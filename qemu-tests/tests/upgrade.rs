@@ -106,6 +106,11 @@ fn manifest(bundle: &[u8]) -> (Value, usize) {
 
 /// A node with the test's signing key trusted, booted and configured.
 fn node(name: &str, health_timeout_secs: u32) -> Outcome<ApiNode> {
+    node_with(name, health_timeout_secs, "")
+}
+
+/// Like [`node`], with `extra` TOML in its config.
+fn node_with(name: &str, health_timeout_secs: u32, extra: &str) -> Outcome<ApiNode> {
     let b = bundles();
     let mut opts = VmOptions::new(name);
     opts.allow_reboot = true;
@@ -113,7 +118,7 @@ fn node(name: &str, health_timeout_secs: u32) -> Outcome<ApiNode> {
     let config = node.cluster.config_with(
         &node.ctl.dir().join("node.toml"),
         &format!(
-            "[upgrade]\ntrusted_keys = [{:?}]\nhealth_timeout_secs = {health_timeout_secs}\n",
+            "[upgrade]\ntrusted_keys = [{:?}]\nhealth_timeout_secs = {health_timeout_secs}\n{extra}",
             b.public_pem
         ),
     )?;
@@ -367,6 +372,37 @@ mod upgrade {
             "{v}"
         );
         assert_eq!(node.vm.console_text().matches("running as PID 1 (slot b)").count(), 0);
+        Ok(())
+    }
+}
+
+mod upgrade_gates {
+    use super::*;
+
+    /// A configured system container whose image does not exist fails at
+    /// once, so "every service healthy" never holds: a slot on trial is
+    /// never blessed. v1 is already known good and runs on regardless.
+    #[test]
+    fn a_v2_that_cannot_pass_its_health_gates_rolls_back_by_itself() -> Outcome {
+        let b = bundles();
+        let broken = "[[containers]]\nname = \"broken\"\nimage = \"localhost/caisson-test/missing:1\"\n";
+        let mut node = node_with("upgrade_gate", 20, broken)?;
+        let file = b.v2.display().to_string();
+        let started = Instant::now();
+        node.ok(&["upgrade", "--bundle", &file])?;
+        for try_number in 1..=3 {
+            node.vm.wait_for_line("running as PID 1 (slot b)", TO_BLESSED)?;
+            let failed = node.vm.wait_for_line("health gates failed", TO_BLESSED)?;
+            assert!(failed.contains("service broken"), "try {try_number}: {failed}");
+        }
+        let v = back_on(&mut node, "a", "0.1.0")?;
+        eprintln!("bench: gate failure to v1 answering again: {:.0} s", started.elapsed().as_secs_f64());
+        assert_eq!(slot(&v, "b")["state"], "bad", "{v}");
+        assert!(
+            v["last_upgrade"]["outcome"].as_str().unwrap_or_default().starts_with("rolled-back"),
+            "{v}"
+        );
+        assert!(!node.vm.console_text().contains("slot b blessed"));
         Ok(())
     }
 }

@@ -34,6 +34,8 @@ pub const RUNC_PATH: &str = "/usr/sbin/runc";
 pub const SANDBOX_IMAGE: &str = "rancher/mirrored-pause:3.6";
 
 pub const K3S_CONFIG_PATH: &str = "/etc/rancher/k3s/config.yaml";
+/// Where a k3s server writes its admin kubeconfig (k3s's default).
+pub const K3S_KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
 pub const K3S_REGISTRIES_PATH: &str = "/etc/rancher/k3s/registries.yaml";
 pub const K3S_DATA_DIR: &str = "/var/lib/rancher/k3s";
 /// Where k3s unpacks its CNI plugins (flannel, bridge, host-local, …).

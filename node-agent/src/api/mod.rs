@@ -792,6 +792,25 @@ impl NodeOps for Node {
         self.upgrade_now(source, stage, by).await
     }
 
+    fn kubeconfig(&self) -> Result<String, ApiError> {
+        let kubernetes = self
+            .current_config()
+            .and_then(|c| c.kubernetes.clone())
+            .ok_or_else(|| ApiError::NotFound("kubeconfig: this node's config has no [kubernetes] section".into()))?;
+        if kubernetes.role == caisson_config::KubernetesRole::Agent {
+            return Err(ApiError::Conflict(
+                "kubeconfig: this node is a k3s agent, which holds no admin kubeconfig; ask a server node".into(),
+            ));
+        }
+        let path = caisson_runtime_config::K3S_KUBECONFIG_PATH;
+        std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::Conflict(format!(
+                "kubeconfig: k3s has not written {path} yet (see `nodectl services` and `nodectl logs k3s`)"
+            )),
+            _ => ApiError::Internal(format!("kubeconfig: reading {path}: {e}")),
+        })
+    }
+
     async fn rollback(&self, req: RollbackRequest, by: String) -> Result<RollbackResponse, ApiError> {
         self.rollback_now(req, by).await
     }

@@ -91,7 +91,7 @@ async fn fetch(url: &str) -> Result<BundleStream, ApiError> {
 }
 
 impl Node {
-    fn current_config(&self) -> Option<Arc<MachineConfig>> {
+    pub(crate) fn current_config(&self) -> Option<Arc<MachineConfig>> {
         self.running
             .try_lock()
             .ok()
@@ -406,6 +406,9 @@ impl Node {
             _ => failing.push("API serving: the API is not up".into()),
         }
         use caisson_api::NodeOps;
+        if self.supervisor().is_none() && std::path::Path::new(crate::runtime::CONTAINERD_BINARY).exists() {
+            failing.push("services: not started".into());
+        }
         for s in self.services() {
             if !s.healthy {
                 failing.push(format!("service {}: {}", s.name, s.state));

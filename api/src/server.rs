@@ -43,6 +43,13 @@ pub enum UpgradeSource {
     Url(String),
 }
 
+/// How an upgrade runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpgradeOptions {
+    pub stage: bool,
+    pub measure_disk: bool,
+}
+
 /// What the node does for the API. The node-agent implements it.
 pub trait NodeOps: Send + Sync + 'static {
     fn version(&self) -> VersionInfo;
@@ -64,7 +71,7 @@ pub trait NodeOps: Send + Sync + 'static {
     fn upgrade(
         &self,
         source: UpgradeSource,
-        stage: bool,
+        options: UpgradeOptions,
         by: String,
     ) -> impl Future<Output = Result<UpgradeResponse, ApiError>> + Send;
     /// k3s's admin kubeconfig (servers only), as k3s wrote it.
@@ -277,7 +284,8 @@ async fn upgrade<T: NodeOps>(
     app.authorize(&c, Endpoint::Upgrade, &args)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader: BundleStream = Box::new(tokio_util::io::StreamReader::new(stream));
-    let r = app.ops.upgrade(UpgradeSource::Upload(reader), q.stage, c.names().0).await;
+    let options = UpgradeOptions { stage: q.stage, measure_disk: q.measure_disk };
+    let r = app.ops.upgrade(UpgradeSource::Upload(reader), options, c.names().0).await;
     app.outcome(&c, Endpoint::Upgrade, upgrade_args(args, &r), &r);
     r.map(Json)
 }
@@ -289,7 +297,8 @@ async fn upgrade_fetch<T: NodeOps>(
 ) -> Result<Json<UpgradeResponse>, ApiError> {
     let args = json!({ "source": "url", "url": req.url, "stage": req.stage });
     app.authorize(&c, Endpoint::UpgradeFetch, &args)?;
-    let r = app.ops.upgrade(UpgradeSource::Url(req.url), req.stage, c.names().0).await;
+    let options = UpgradeOptions { stage: req.stage, measure_disk: req.measure_disk };
+    let r = app.ops.upgrade(UpgradeSource::Url(req.url), options, c.names().0).await;
     app.outcome(&c, Endpoint::UpgradeFetch, upgrade_args(args, &r), &r);
     r.map(Json)
 }

@@ -64,6 +64,10 @@ pub struct UpgradeQuery {
     /// Write the slot but do not reboot.
     #[serde(default)]
     pub stage: bool,
+    /// Also time a scratch write on DATA, to compare the slot's write
+    /// speed with the disk's own (benchmarks).
+    #[serde(default)]
+    pub measure_disk: bool,
 }
 
 /// `POST /v1/upgrade/url`: the node fetches the bundle itself.
@@ -74,6 +78,8 @@ pub struct UpgradeFetchRequest {
     pub url: String,
     #[serde(default)]
     pub stage: bool,
+    #[serde(default)]
+    pub measure_disk: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,8 +97,19 @@ pub struct UpgradeResponse {
     pub bytes: u64,
     /// Seconds from the first byte to the entry.
     pub seconds: f64,
-    /// Root image write throughput, MB/s (10^6 bytes).
+    /// The root's stream rate, MB/s (10^6 bytes): first byte to fsync,
+    /// waiting for the network included.
     pub root_write_mb_s: f64,
+    /// The root's write path alone: bytes over the time spent in write(2)
+    /// and fsync(2), MB/s.
+    #[serde(default)]
+    pub root_write_busy_mb_s: f64,
+    /// With `measure_disk`: a 64 MiB scratch write + fsync on DATA, MB/s.
+    #[serde(default)]
+    pub disk_write_mb_s: Option<f64>,
+    /// The agent's peak resident memory (VmHWM) after the upgrade, KiB.
+    #[serde(default)]
+    pub agent_peak_rss_kib: Option<u64>,
     pub staged: bool,
     pub rebooting: bool,
 }

@@ -82,7 +82,7 @@ impl NodeOps for FakeNode {
         self.resets.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    async fn upgrade(&self, source: UpgradeSource, stage: bool, by: String) -> Result<UpgradeResponse, ApiError> {
+    async fn upgrade(&self, source: UpgradeSource, options: server::UpgradeOptions, by: String) -> Result<UpgradeResponse, ApiError> {
         use sha2::Digest;
         use tokio::io::AsyncReadExt;
         let UpgradeSource::Upload(mut body) = source else {
@@ -107,8 +107,11 @@ impl NodeOps for FakeNode {
             bytes: n,
             seconds: 0.0,
             root_write_mb_s: 0.0,
-            staged: stage,
-            rebooting: !stage,
+            root_write_busy_mb_s: 0.0,
+            disk_write_mb_s: None,
+            agent_peak_rss_kib: None,
+            staged: options.stage,
+            rebooting: !options.stage,
         })
     }
     fn kubeconfig(&self) -> Result<String, ApiError> {

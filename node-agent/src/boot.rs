@@ -252,9 +252,18 @@ pub fn log_ready(agent_started: Instant) {
 
 /// `VmRSS:     2345 kB` from /proc/self/status.
 pub fn vm_rss_kb(status: &str) -> Option<u64> {
+    status_kb(status, "VmRSS:")
+}
+
+/// Peak resident memory (`VmHWM`), kB.
+pub fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status_kb(status, "VmHWM:")
+}
+
+fn status_kb(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 

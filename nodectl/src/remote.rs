@@ -365,7 +365,7 @@ fn plan(cmd: RemoteCommand) -> Result<Plan> {
             )
         }
         RemoteCommand::Upgrade { url: Some(url), stage, .. } => Plan::Once(
-            Call::new(Endpoint::UpgradeFetch).json(&UpgradeFetchRequest { url, stage }),
+            Call::new(Endpoint::UpgradeFetch).json(&UpgradeFetchRequest { url, stage, measure_disk: false }),
             views::upgraded,
         ),
         RemoteCommand::Upgrade { .. } => bail!("pass --bundle FILE or --url URL"),

@@ -95,10 +95,17 @@ pub fn upgraded(body: &[u8]) -> Result<Outcome, Failure> {
     } else {
         "rebooting into it; it is blessed once its health gates pass, else the node rolls back by itself".into()
     };
-    let text = format!(
+    let mut text = format!(
         "{} -> {}: slot {} written ({} bytes in {:.1} s, root at {:.1} MB/s), {signed}; entry {}; {next}",
         u.from_version, u.version, u.slot, u.bytes, u.seconds, u.root_write_mb_s, u.entry
     );
+    if let Some(disk) = u.disk_write_mb_s {
+        text.push_str(&format!(
+            "\nwrite path {:.1} MB/s vs the disk's own {disk:.1} MB/s ({:.0} %)",
+            u.root_write_busy_mb_s,
+            100.0 * u.root_write_busy_mb_s / disk.max(1e-6)
+        ));
+    }
     Ok(Outcome::new(json, View::Text(text)))
 }
 

@@ -127,7 +127,7 @@ impl NodeOps for FakeNode {
         self.resets.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    async fn upgrade(&self, source: server::UpgradeSource, stage: bool, _by: String) -> Result<UpgradeResponse, ApiError> {
+    async fn upgrade(&self, source: server::UpgradeSource, options: server::UpgradeOptions, _by: String) -> Result<UpgradeResponse, ApiError> {
         use tokio::io::AsyncReadExt;
         let server::UpgradeSource::Upload(mut body) = source else {
             return Err(ApiError::BadRequest("upgrade URL http://x/: connect: refused".into()));
@@ -151,8 +151,11 @@ impl NodeOps for FakeNode {
             bytes: n,
             seconds: 1.5,
             root_write_mb_s: 50.0,
-            staged: stage,
-            rebooting: !stage,
+            root_write_busy_mb_s: 0.0,
+            disk_write_mb_s: None,
+            agent_peak_rss_kib: None,
+            staged: options.stage,
+            rebooting: !options.stage,
         })
     }
     fn kubeconfig(&self) -> Result<String, ApiError> {

@@ -788,8 +788,13 @@ impl NodeOps for Node {
         self.reset_now()
     }
 
-    async fn upgrade(&self, source: UpgradeSource, stage: bool, by: String) -> Result<UpgradeResponse, ApiError> {
-        self.upgrade_now(source, stage, by).await
+    async fn upgrade(
+        &self,
+        source: UpgradeSource,
+        options: caisson_api::server::UpgradeOptions,
+        by: String,
+    ) -> Result<UpgradeResponse, ApiError> {
+        self.upgrade_now(source, options, by).await
     }
 
     fn kubeconfig(&self) -> Result<String, ApiError> {

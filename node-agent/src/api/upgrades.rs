@@ -24,6 +24,33 @@ use crate::upgrade::history::{now_ms, OUTCOME_IN_PROGRESS};
 use crate::upgrade::install::{self, InstallError, Step};
 use crate::upgrade::{self as upgrade_mod, BootVerdict};
 
+/// Below /var: the scratch file of `measure_disk`.
+const DISK_SPEED_FILE: &str = "lib/caisson/disk-speed.scratch";
+const DISK_SPEED_BYTES: usize = 64 << 20;
+
+/// MB/s of a 64 MiB write + fsync to `path` (then removed), in 1 MiB
+/// writes like the slot's: the virtual disk's own sequential write speed.
+fn disk_write_speed(path: &std::path::Path) -> std::io::Result<f64> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Not zeros: some disks (and qcow2) treat zero writes specially.
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let started = Instant::now();
+    let written = (|| {
+        let mut f = std::fs::File::create(path)?;
+        for _ in 0..DISK_SPEED_BYTES / chunk.len() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    })();
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_file(path);
+    written?;
+    Ok(DISK_SPEED_BYTES as f64 / 1e6 / elapsed.as_secs_f64().max(1e-6))
+}
+
 /// How often the gates are evaluated while a slot is on trial.
 const GATE_POLL: Duration = Duration::from_secs(2);
 
@@ -101,9 +128,10 @@ impl Node {
     pub(crate) async fn upgrade_now(
         &self,
         source: UpgradeSource,
-        stage: bool,
+        options: caisson_api::server::UpgradeOptions,
         by: String,
     ) -> Result<UpgradeResponse, ApiError> {
+        let stage = options.stage;
         let config = {
             let running = self.running.lock().await;
             running.current.as_ref().map(|a| a.config.clone())
@@ -135,7 +163,9 @@ impl Node {
         let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
         let who = by.clone();
         let from = from_version.clone();
+        let scratch = me.paths.var.join(DISK_SPEED_FILE);
         let installed = tokio::task::spawn_blocking(move || {
+            let disk = options.measure_disk.then(|| disk_write_speed(&scratch));
             let mut modules = me.modules.lock().unwrap_or_else(|p| p.into_inner());
             let load = |name: &'static str| -> Result<(), String> {
                 let m = modules
@@ -177,6 +207,7 @@ impl Node {
                 }
                 done
             });
+            let result = result.map(|i| (i, disk));
             if result.is_err() && uploaded {
                 // Read the rest of a refused upload, so the client gets the
                 // answer instead of a reset connection mid-send.
@@ -186,7 +217,7 @@ impl Node {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("upgrade task: {e}")))?;
-        let installed = match installed {
+        let (installed, disk) = match installed {
             Ok(i) => i,
             Err(e) => {
                 error!("upgrade failed: {e}; the node stays on slot {}", self.upgrades.running);
@@ -226,6 +257,20 @@ impl Node {
             bytes: installed.bytes,
             seconds: secs,
             root_write_mb_s: root_mb_s,
+            root_write_busy_mb_s: installed.root_bytes as f64
+                / 1e6
+                / installed.root_busy.as_secs_f64().max(1e-6),
+            disk_write_mb_s: match disk {
+                Some(Ok(rate)) => Some(rate),
+                Some(Err(e)) => {
+                    warn!("upgrade: the scratch write on DATA failed: {e}");
+                    None
+                }
+                None => None,
+            },
+            agent_peak_rss_kib: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| crate::boot::vm_hwm_kb(&s)),
             staged: stage,
             rebooting: !stage,
         })

@@ -124,6 +124,10 @@ pub enum RemoteCommand {
         /// Write the slot but do not reboot; it boots at the next reboot.
         #[arg(long)]
         stage: bool,
+        /// Also time a scratch write on the node's DATA, to compare with the
+        /// slot's write speed (`cargo xtask bench`).
+        #[arg(long, hide = true)]
+        measure_disk: bool,
     },
     /// Make the other, known-good slot boot next, and reboot into it.
     Rollback {
@@ -355,17 +359,19 @@ fn plan(cmd: RemoteCommand) -> Result<Plan> {
         RemoteCommand::Reset { yes: true } => Plan::Once(Call::new(Endpoint::Reset).json(&ResetRequest { confirm: true }), |b| {
             views::ack("resetting: STATE and DATA are being wiped; the node comes back in maintenance mode", b)
         }),
-        RemoteCommand::Upgrade { bundle: Some(file), stage, .. } => {
+        RemoteCommand::Upgrade { bundle: Some(file), stage, measure_disk, .. } => {
             if !file.is_file() {
                 bail!("{}: no such bundle file; nothing was sent", file.display());
             }
             Plan::Once(
-                Call::new(Endpoint::Upgrade).query(&[("stage", stage.to_string())]).upload(&file),
+                Call::new(Endpoint::Upgrade)
+                    .query(&[("stage", stage.to_string()), ("measure_disk", measure_disk.to_string())])
+                    .upload(&file),
                 views::upgraded,
             )
         }
-        RemoteCommand::Upgrade { url: Some(url), stage, .. } => Plan::Once(
-            Call::new(Endpoint::UpgradeFetch).json(&UpgradeFetchRequest { url, stage, measure_disk: false }),
+        RemoteCommand::Upgrade { url: Some(url), stage, measure_disk, .. } => Plan::Once(
+            Call::new(Endpoint::UpgradeFetch).json(&UpgradeFetchRequest { url, stage, measure_disk }),
             views::upgraded,
         ),
         RemoteCommand::Upgrade { .. } => bail!("pass --bundle FILE or --url URL"),

@@ -126,8 +126,20 @@ fn node_with(name: &str, health_timeout_secs: u32, extra: &str) -> Outcome<ApiNo
     Ok(node)
 }
 
+/// `nodectl version`, retried for a while: the API listener restarts once
+/// when DHCP hands out the address after boot, and a call can meet that.
 fn version(node: &mut ApiNode) -> Outcome<Value> {
-    node.json(&["version"])
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match node.json(&["version"]) {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("version: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn slot<'a>(v: &'a Value, name: &str) -> &'a Value {

@@ -98,6 +98,15 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
     };
     drop(last);
 
+    // (6) An A/B upgrade to a signed v2 bundle, and the configured boot.
+    let upgrade = match crate::bench_upgrade::measure(ws, &builder, &programs, &raw, &nodectl) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            println!("bench: the upgrade figures failed: {e:#}");
+            None
+        }
+    };
+
     println!();
     println!(
         "== Caisson bench ({} builds, {} boots; medians) ==",
@@ -143,6 +152,10 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
     match api {
         Some(api) => print_api(api),
         None => println!("  {:<46} not measured (see above)", "node API figures"),
+    }
+    match upgrade {
+        Some(f) => crate::bench_upgrade::print(&f),
+        None => println!("  {:<46} not measured (see above)", "upgrade figures"),
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_upgrade;
 mod demo;
 mod deps;
 mod fetch;

@@ -158,7 +158,12 @@ impl Upgrades {
                 last.finished_ms = Some(now_ms());
             }
             changed = true;
-            info!("upgrade: slot {other} ({}) is bad: its tries ran out; removing its entry", bad.version);
+            let why = history
+                .slots
+                .get(other.name())
+                .and_then(|r| r.note.clone())
+                .unwrap_or_default();
+            info!("upgrade: slot {other} ({}) is bad ({why}); removing its entry", bad.version);
             remove_entry(esp, bad)?;
         }
         if slots::entry_of(&entries, other).is_none() {

@@ -259,8 +259,60 @@ async fn unmount(entry: &MountEntry) {
         None::<&str>,
     ) {
         Ok(()) => warn!("shutdown: cannot unmount {path} ({last}); remounted read-only"),
-        Err(e) => error!("shutdown: cannot unmount {path} ({last}) nor remount it read-only ({e})"),
+        Err(e) => {
+            let holders = holders_of(&entry.mount_point);
+            error!(
+                "shutdown: cannot unmount {path} ({last}) nor remount it read-only ({e}); held by: {}",
+                if holders.is_empty() { "no open file or working directory of any process".to_string() } else { holders.join(", ") }
+            );
+            // Synced already; detach it so the kernel finishes once the
+            // last reference goes.
+            if umount2(&entry.mount_point, MntFlags::MNT_DETACH).is_ok() {
+                warn!("shutdown: {path} detached (lazy unmount)");
+            }
+        }
     }
+}
+
+/// Who keeps `mount` busy: open files, working directories and roots of
+/// every process, and mounts below it in other mount namespaces.
+fn holders_of(mount: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let base = p.path();
+        for link in ["cwd", "root"] {
+            if let Ok(target) = std::fs::read_link(base.join(link)) {
+                if target.starts_with(mount) && target != std::path::Path::new("/") {
+                    out.push(format!("pid {pid} {link} {}", target.display()));
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(target) = std::fs::read_link(fd.path()) {
+                    if target.starts_with(mount) {
+                        out.push(format!("pid {pid} fd {} {}", fd.file_name().to_string_lossy(), target.display()));
+                    }
+                }
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(base.join("mountinfo")) {
+            for e in mounts::mountinfo::parse(&text) {
+                if e.mount_point.starts_with(mount) && e.mount_point != mount {
+                    out.push(format!("pid {pid}'s mount namespace: {}", e.mount_point.display()));
+                }
+            }
+        }
+        if out.len() > 20 {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -320,16 +320,49 @@ mod upgrade {
         ];
         for (stall_at, line) in cuts {
             mirror.stall_at(Some(stall_at));
-            let mut upgrade = node.ctl.command(&["upgrade", "--url", &url]);
-            let mut child = upgrade
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .map_err(|source| HarnessError::Spawn { program: "nodectl".into(), source })?;
-            let waited = node.vm.wait_for_line(line, UPGRADE);
-            node.vm.power_cut()?;
-            let _ = child.kill();
-            let _ = child.wait();
+            // nodectl runs in the background (the node never answers: its
+            // power is cut). A call that meets the API's one restart after
+            // DHCP fails at once; then it is started again.
+            let mut attempts = 0;
+            let waited = loop {
+                attempts += 1;
+                let mut child = node
+                    .ctl
+                    .command(&["upgrade", "--url", &url])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|source| HarnessError::Spawn { program: "nodectl".into(), source })?;
+                let deadline = Instant::now() + UPGRADE;
+                let seen = loop {
+                    match node.vm.wait_for_line(line, Duration::from_secs(2)) {
+                        Ok(l) => break Ok(Some(l)),
+                        Err(HarnessError::Timeout { .. }) if Instant::now() < deadline => {
+                            if let Ok(Some(status)) = child.try_wait() {
+                                if !status.success() && attempts < 5 {
+                                    break Ok(None);
+                                }
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                match seen {
+                    Ok(None) => continue,
+                    Ok(Some(l)) => {
+                        node.vm.power_cut()?;
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Ok(l);
+                    }
+                    Err(e) => {
+                        node.vm.power_cut()?;
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(e);
+                    }
+                }
+            };
             waited?;
             node.vm.power_on()?;
             let v = back_on(&mut node, "a", "0.1.0")?;

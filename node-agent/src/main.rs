@@ -123,7 +123,7 @@ async fn agent(started: Instant, cmdline: &KernelCmdline) {
     if let Some(supervisor) = node.supervisor() {
         info!("shutdown: stopping services");
         for stopped in supervisor.stop_all().await {
-            info!("shutdown: {}: {:?} after {} ms", stopped.name, stopped.outcome, stopped.took.as_millis());
+            info!("shutdown: {}: {} after {} ms", stopped.name, stopped.outcome, stopped.took.as_millis());
         }
     }
     power::shutdown(request, &reaper).await

@@ -178,14 +178,19 @@ pub async fn import_images(
 async fn log_cri_view(socket: &Path) {
     match containerd::cri_status_config(socket).await {
         Ok(cri) => {
-            let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            // `pointer`, not indexing: PID 1's lints allow no indexing at all.
+            let text = |at: &str| match cri.pointer(at) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => "null".to_string(),
+            };
             info!(
                 "containerd: CRI config as loaded: registry.configPath={} cni.binDir={} cni.confDir={} snapshotter={} sandboxImage={}",
-                text(&cri["registry"]["configPath"]),
-                text(&cri["cni"]["binDir"]),
-                text(&cri["cni"]["confDir"]),
-                text(&cri["containerd"]["snapshotter"]),
-                text(&cri["sandboxImage"]),
+                text("/registry/configPath"),
+                text("/cni/binDir"),
+                text("/cni/confDir"),
+                text("/containerd/snapshotter"),
+                text("/sandboxImage"),
             );
         }
         Err(e) => warn!("containerd: reading its CRI config: {e}"),

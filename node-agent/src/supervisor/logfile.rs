@@ -147,10 +147,19 @@ impl RotatingFile {
     }
 }
 
+/// What the writer thread is sent.
+enum Message {
+    Line(usize, Arc<str>),
+    /// Write what came before, close every file and end: DATA is about
+    /// to be unmounted, and a file PID 1 holds open for writing keeps it
+    /// busy (neither unmount nor a read-only remount would succeed).
+    Close(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The services' side of the writer thread.
 #[derive(Clone)]
 pub struct LogWriter {
-    queue: Option<SyncSender<(usize, Arc<str>)>>,
+    queue: Option<SyncSender<Message>>,
 }
 
 impl LogWriter {
@@ -172,20 +181,57 @@ impl LogWriter {
     /// Queue a line without waiting; false if it was dropped.
     pub fn send(&self, service: usize, line: Arc<str>) -> bool {
         match &self.queue {
-            Some(tx) => match tx.try_send((service, line)) {
+            Some(tx) => match tx.try_send(Message::Line(service, line)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
             },
             None => false,
         }
     }
+
+    /// Write the lines queued so far, close every file and stop the
+    /// thread; lines sent afterwards are dropped (they stay in the
+    /// services' in-memory logs). Waits at most `limit`.
+    pub async fn close(&self, limit: std::time::Duration) {
+        let Some(tx) = &self.queue else { return };
+        let (done, closed) = tokio::sync::oneshot::channel();
+        let mut message = Message::Close(done);
+        let closing = async {
+            // The queue may be full; the thread is draining it.
+            loop {
+                match tx.try_send(message) {
+                    Ok(()) => break,
+                    Err(TrySendError::Disconnected(_)) => return,
+                    Err(TrySendError::Full(m)) => {
+                        message = m;
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            let _ = closed.await;
+        };
+        if tokio::time::timeout(limit, closing).await.is_err() {
+            warn!("supervisor: the service log files were not closed within {limit:?}");
+        }
+    }
 }
 
-/// Runs until every [`LogWriter`] is gone.
-fn write_all(rx: Receiver<(usize, Arc<str>)>, mut files: Vec<RotatingFile>) {
-    while let Ok((service, line)) = rx.recv() {
-        if let Some(file) = files.get_mut(service) {
-            file.write_line(&line);
+/// Runs until every [`LogWriter`] is gone, or until told to close.
+fn write_all(rx: Receiver<Message>, mut files: Vec<RotatingFile>) {
+    while let Ok(message) = rx.recv() {
+        match message {
+            Message::Line(service, line) => {
+                if let Some(file) = files.get_mut(service) {
+                    file.write_line(&line);
+                }
+            }
+            Message::Close(done) => {
+                drop(files);
+                // From now on a send fails, and counts its line as dropped.
+                drop(rx);
+                let _ = done.send(());
+                return;
+            }
         }
     }
 }
@@ -307,5 +353,35 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         panic!("a.log: {:?}, b.log: {:?}", read("a.log"), read("b.log"));
+    }
+
+    /// What was queued is written; afterwards nothing is (re)opened, so
+    /// nothing of the agent keeps DATA busy at shutdown.
+    #[tokio::test]
+    async fn close_writes_what_was_queued_then_holds_no_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![RotatingFile::new(
+            dir.path(),
+            "a",
+            LogLimits::default(),
+            Arc::default(),
+        )];
+        let writer = LogWriter::start(files);
+        for i in 0..100 {
+            assert!(writer.send(0, Arc::from(format!("line {i}"))));
+        }
+        writer.close(std::time::Duration::from_secs(10)).await;
+        let text = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+        assert_eq!(text.lines().count(), 100, "{text}");
+        assert!(text.ends_with("line 99\n"), "{text}");
+        assert!(!writer.send(0, Arc::from("after the close")));
+        let own_fds: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir.path()))
+            .collect();
+        assert!(own_fds.is_empty(), "still open: {own_fds:?}");
+        // A second close (a second stop_all) returns at once.
+        writer.close(std::time::Duration::from_secs(10)).await;
     }
 }

@@ -8,7 +8,7 @@
 //! exponential [`Backoff`]; its [`Health`] is its process running or a
 //! [`Probe`] answering. [`Supervisor::stop_all`] stops dependants before
 //! what they depend on: SIGTERM, then after `stop_timeout` a kill of the
-//! whole cgroup.
+//! whole cgroup; then it closes the log files, which are on DATA.
 //!
 //! One service never stalls another or the agent: each is a task of its
 //! own, the only lock is a record held for a few assignments, and
@@ -88,6 +88,9 @@ impl From<SupervisorError> for ApiError {
     }
 }
 
+/// How long `stop_all` waits for the service log files to be written and closed.
+const LOG_CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 /// How a service's process ended when it was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -136,6 +139,8 @@ pub struct Supervisor {
     /// For each service, the indices of its dependencies.
     deps: Vec<Vec<usize>>,
     ctx: Option<Arc<Ctx>>,
+    /// The services' log files, closed by `stop_all`.
+    log_writer: Option<logfile::LogWriter>,
     /// One `stop_all` at a time; a second waits for the first.
     stop_lock: tokio::sync::Mutex<()>,
 }
@@ -158,6 +163,7 @@ impl Supervisor {
             handles: Vec::new(),
             deps: Vec::new(),
             ctx: None,
+            log_writer: None,
             stop_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -222,6 +228,7 @@ impl Supervisor {
             });
         }
         self.ctx = Some(ctx);
+        self.log_writer = Some(writer);
         Ok(Arc::new(self))
     }
 
@@ -302,6 +309,10 @@ impl Supervisor {
         for layer in graph::stop_layers(&self.deps) {
             let stops = layer.iter().filter_map(|&i| self.handles.get(i)).map(stop);
             report.extend(futures_util::future::join_all(stops).await);
+        }
+        // Their log files live on DATA, which is unmounted next.
+        if let Some(writer) = &self.log_writer {
+            writer.close(LOG_CLOSE_LIMIT).await;
         }
         report
     }

@@ -152,8 +152,10 @@ impl Task {
             self.service.record().restarts += 1;
         }
         for argv in &self.service.spec.pre_start {
+            // Clean-ups that find nothing to clean fail, which is the
+            // usual case: say so only in the agent's debug log.
             if let Err(why) = self.service.run_to_end(&self.ctx, argv).await {
-                self.service.event(&format!("before start: {}: {why}", argv.join(" ")));
+                tracing::debug!("service {}: before start: {}: {why}", self.service.spec.name, argv.join(" "));
             }
         }
         match self.service.spawn(&self.ctx) {

@@ -25,6 +25,9 @@ use crate::target::Target;
 use crate::tls::{client_config, Seen, Trust};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries at connecting when the node's listener is restarting.
+const CONNECT_ATTEMPTS: u32 = 4;
+const CONNECT_RETRY: Duration = Duration::from_millis(750);
 /// Whole calls, except the body of a stream. Generous: an apply waits for the
 /// node to finish applying.
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -221,40 +224,69 @@ impl Node {
         )
     }
 
-    async fn send(&self, call: &Call) -> Result<(Response<Incoming>, Seen), Failure> {
-        let (config, seen) =
-            client_config(&self.trust).map_err(|e| Failure::new("client-config", e))?;
+    /// TCP and TLS to the node. Err: the failure, and whether trying again
+    /// could help (refused, or cut before the handshake finished).
+    async fn connect(
+        &self,
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Seen), (Failure, bool)> {
+        let fatal = |f: Failure| (f, false);
+        let (config, seen) = client_config(&self.trust)
+            .map_err(|e| fatal(Failure::new("client-config", e)))?;
         let authority = self.target.authority();
         let name = self
             .target
             .server_name()
-            .map_err(|e| Failure::new("bad-endpoint", e))?;
-
+            .map_err(|e| fatal(Failure::new("bad-endpoint", e)))?;
         let mut addrs = timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&authority))
             .await
-            .map_err(|_| failure::timeout(&self.target))?
+            .map_err(|_| fatal(failure::timeout(&self.target)))?
             .map_err(|e| {
-                Failure::new(
+                fatal(Failure::new(
                     "resolve",
                     format!("cannot resolve {}: {e}", self.target.host),
-                )
+                ))
             })?;
         let addr = addrs.next().ok_or_else(|| {
-            Failure::new("resolve", format!("{} has no address", self.target.host))
+            fatal(Failure::new("resolve", format!("{} has no address", self.target.host)))
         })?;
         let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| failure::timeout(&self.target))?
-            .map_err(|e| self.explain(&e, Stage::Connect, &seen))?;
+            .map_err(|_| fatal(failure::timeout(&self.target)))?
+            .map_err(|e| {
+                let f = self.explain(&e, Stage::Connect, &seen);
+                let retry = f.code == "connection-refused";
+                (f, retry)
+            })?;
         let _ = tcp.set_nodelay(true);
+        let tls = timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(name, tcp))
+            .await
+            .map_err(|_| fatal(failure::timeout(&self.target)))?
+            .map_err(|e| {
+                let f = self.explain(&e, Stage::Handshake, &seen);
+                // "transport": the connection ended mid-handshake; a TLS
+                // refusal (trust, certificate) has its own code and is final.
+                let retry = f.code == "transport";
+                (f, retry)
+            })?;
+        Ok((tls, seen))
+    }
 
-        let tls = timeout(
-            CONNECT_TIMEOUT,
-            TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| failure::timeout(&self.target))?
-        .map_err(|e| self.explain(&e, Stage::Handshake, &seen))?;
+    async fn send(&self, call: &Call) -> Result<(Response<Incoming>, Seen), Failure> {
+        // A node restarts its listener when its addresses change (DHCP
+        // after boot): a connection refused or cut during the handshake
+        // sent nothing, so it is tried again, briefly.
+        let mut attempt = 1;
+        let (tls, seen) = loop {
+            match self.connect().await {
+                Ok(done) => break done,
+                Err((_, true)) if attempt < CONNECT_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+                Err((failure, _)) => return Err(failure),
+            }
+        };
+        let authority = self.target.authority();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| self.explain(&e, Stage::Exchange, &seen))?;

@@ -51,6 +51,10 @@ fn disk_write_speed(path: &std::path::Path) -> std::io::Result<f64> {
     Ok(DISK_SPEED_BYTES as f64 / 1e6 / elapsed.as_secs_f64().max(1e-6))
 }
 
+/// How long every gate must hold, with no service restarting, before a
+/// slot on trial is blessed (at most half the timeout).
+const GATE_SETTLE: Duration = Duration::from_secs(10);
+
 /// How often the gates are evaluated while a slot is on trial.
 const GATE_POLL: Duration = Duration::from_secs(2);
 
@@ -364,12 +368,39 @@ impl Node {
             timeout.as_secs()
         );
         let started = Instant::now();
+        // The gates must hold without a break for the settle window, and no
+        // service may restart meanwhile: one that dies at once looks
+        // healthy for the instant it runs.
+        let settle = GATE_SETTLE.min(timeout / 2);
+        let mut passing: Option<(Instant, Vec<(String, u32)>)> = None;
         let failing = loop {
-            let failing = self.failing_gates().await;
+            let mut failing = self.failing_gates().await;
+            let restarts = self.restart_counts();
             if failing.is_empty() {
-                break None;
+                match &passing {
+                    Some((since, before)) if *before == restarts => {
+                        if since.elapsed() >= settle {
+                            break None;
+                        }
+                    }
+                    Some((_, before)) => {
+                        let restarted: Vec<String> = restarts
+                            .iter()
+                            .filter(|now| !before.contains(now))
+                            .map(|(name, _)| format!("service {name} restarted while the gates were settling"))
+                            .collect();
+                        failing.extend(restarted);
+                        passing = Some((Instant::now(), restarts));
+                    }
+                    None => passing = Some((Instant::now(), restarts)),
+                }
+            } else {
+                passing = None;
             }
             if started.elapsed() >= timeout {
+                if failing.is_empty() {
+                    failing.push(format!("the gates did not hold for {} s in a row", settle.as_secs()));
+                }
                 break Some(failing);
             }
             tokio::time::sleep(GATE_POLL).await;
@@ -413,6 +444,12 @@ impl Node {
                 power::request_from_api(&self.power, ShutdownAction::Reboot);
             }
         }
+    }
+
+    /// Each supervised service's restart count.
+    fn restart_counts(&self) -> Vec<(String, u32)> {
+        use caisson_api::NodeOps;
+        self.services().into_iter().map(|s| (s.name, s.restarts)).collect()
     }
 
     /// The gates that do not pass yet, each with why.

@@ -798,11 +798,15 @@ impl NodeOps for Node {
     }
 
     fn kubeconfig(&self) -> Result<String, ApiError> {
-        let kubernetes = self
-            .current_config()
-            .and_then(|c| c.kubernetes.clone())
-            .ok_or_else(|| ApiError::NotFound("kubeconfig: this node's config has no [kubernetes] section".into()))?;
-        if kubernetes.role == caisson_config::KubernetesRole::Agent {
+        // While an apply holds the config the role cannot be checked; the
+        // file's presence still answers.
+        let kubernetes = match self.running.try_lock() {
+            Ok(r) => Some(r.current.as_ref().and_then(|a| a.config.kubernetes.clone()).ok_or_else(|| {
+                ApiError::NotFound("kubeconfig: this node's config has no [kubernetes] section".into())
+            })?),
+            Err(_) => None,
+        };
+        if kubernetes.is_some_and(|k| k.role == caisson_config::KubernetesRole::Agent) {
             return Err(ApiError::Conflict(
                 "kubeconfig: this node is a k3s agent, which holds no admin kubeconfig; ask a server node".into(),
             ));

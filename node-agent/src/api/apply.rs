@@ -366,16 +366,7 @@ impl Node {
     /// `needs_reboot`; a failure is logged and said, not fatal: the config
     /// is saved and the next boot tries again.
     pub(crate) fn write_kernel_args(&self, args: &[String]) -> String {
-        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        let mut load = |name: &'static str| -> Result<(), String> {
-            let m = modules
-                .as_mut()
-                .ok_or("the module index could not be read at boot (see phase coldplug)")?;
-            m.loader
-                .load_with_deps(name)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        };
+        let mut load = |name: &'static str| self.load_module(name);
         match self.host.write_boot_entry(args, &mut load) {
             Ok(Outcome::Written(file)) => {
                 info!(

@@ -258,12 +258,7 @@ impl Node {
             hostname: self.hostname_for(config),
             addresses: Vec::new(),
         };
-        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        let load = |name: &str| -> Result<(), String> {
-            let m = modules.as_mut().ok_or("no module index")?;
-            m.loader.load_with_deps(name).map(drop).map_err(|e| e.to_string())
-        };
-        match crate::runtime::start(ctx, config, &facts, load)? {
+        match crate::runtime::start(ctx, config, &facts, |name| self.load_module(name))? {
             None => Ok(Vec::new()),
             Some(supervisor) => {
                 let names = supervisor.names().iter().map(|n| n.to_string()).collect();
@@ -618,16 +613,24 @@ impl Node {
     }
 
     fn load_modules(&self, names: &[String]) -> Result<(), String> {
-        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        let m = modules.as_mut().ok_or(
-            "kernel.modules: the module index could not be read at boot (see phase coldplug)",
-        )?;
         for n in names {
-            m.loader
-                .load_with_deps(n)
+            self.load_module(n)
                 .map_err(|e| format!("kernel.modules: {n}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Load `name` and what it depends on, through the module index read
+    /// at boot (the ESP's FAT modules, Kubernetes' modules, the config's).
+    pub(crate) fn load_module(&self, name: &str) -> Result<(), String> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let m = modules
+            .as_mut()
+            .ok_or("the module index could not be read at boot (see phase coldplug)")?;
+        m.loader
+            .load_with_deps(name)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn state_mounted(&self) -> bool {

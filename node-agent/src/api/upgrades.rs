@@ -170,13 +170,7 @@ impl Node {
         let scratch = me.paths.var.join(DISK_SPEED_FILE);
         let installed = tokio::task::spawn_blocking(move || {
             let disk = options.measure_disk.then(|| disk_write_speed(&scratch));
-            let mut modules = me.modules.lock().unwrap_or_else(|p| p.into_inner());
-            let load = |name: &'static str| -> Result<(), String> {
-                let m = modules
-                    .as_mut()
-                    .ok_or("the module index could not be read at boot (see phase coldplug)")?;
-                m.loader.load_with_deps(name).map(drop).map_err(|e| e.to_string())
-            };
+            let load = |name: &'static str| me.load_module(name);
             let upgrades = &me.upgrades;
             let result = bootentry::with_esp(load, |esp, _device| {
                 let target = upgrade_mod::locate_target(upgrades.running, esp, kernel_args)?;
@@ -290,11 +284,7 @@ impl Node {
             .ok_or_else(|| ApiError::Internal("the node is shutting down".into()))?;
         let version = self.facts.image_version.clone();
         let target = tokio::task::spawn_blocking(move || {
-            let mut modules = me.modules.lock().unwrap_or_else(|p| p.into_inner());
-            let load = |name: &'static str| -> Result<(), String> {
-                let m = modules.as_mut().ok_or("no module index")?;
-                m.loader.load_with_deps(name).map(drop).map_err(|e| e.to_string())
-            };
+            let load = |name: &'static str| me.load_module(name);
             bootentry::with_esp(load, |esp, _| me.upgrades.rollback(esp, &version, &by))
         })
         .await
@@ -322,11 +312,7 @@ impl Node {
     pub async fn watch_trial(self: Arc<Self>) {
         let me = self.clone();
         let verdict = tokio::task::spawn_blocking(move || {
-            let mut modules = me.modules.lock().unwrap_or_else(|p| p.into_inner());
-            let load = |name: &'static str| -> Result<(), String> {
-                let m = modules.as_mut().ok_or("no module index")?;
-                m.loader.load_with_deps(name).map(drop).map_err(|e| e.to_string())
-            };
+            let load = |name: &'static str| me.load_module(name);
             bootentry::with_esp(load, |esp, _| me.upgrades.on_boot(esp))
         })
         .await;
@@ -410,11 +396,7 @@ impl Node {
                 let me = self.clone();
                 let version = self.facts.image_version.clone();
                 let blessed = tokio::task::spawn_blocking(move || {
-                    let mut modules = me.modules.lock().unwrap_or_else(|p| p.into_inner());
-                    let load = |name: &'static str| -> Result<(), String> {
-                        let m = modules.as_mut().ok_or("no module index")?;
-                        m.loader.load_with_deps(name).map(drop).map_err(|e| e.to_string())
-                    };
+                    let load = |name: &'static str| me.load_module(name);
                     bootentry::with_esp(load, |esp, _| me.upgrades.bless(esp, &version))
                 })
                 .await;

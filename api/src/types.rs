@@ -11,6 +11,9 @@ pub struct VersionInfo {
     pub hostname: String,
     /// True while the node waits for its first config.
     pub maintenance: bool,
+    /// A live (diskless) boot: STATE and DATA in memory, no A/B slots.
+    #[serde(default)]
+    pub live: bool,
     /// Both A/B slots, A first.
     #[serde(default)]
     pub slots: Vec<SlotInfo>,

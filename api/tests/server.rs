@@ -31,6 +31,7 @@ impl NodeOps for FakeNode {
             kernel: "6.1".into(),
             hostname: "node-1".into(),
             maintenance: false,
+            live: false,
             slots: vec![],
             last_upgrade: None,
         }

@@ -11,11 +11,13 @@ mod locate;
 pub mod redact;
 mod schema;
 mod secret;
+pub mod size;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
 pub use secret::Secret;
+pub use size::{SizeMatch, SizeOp};
 
 /// The only config version this build understands.
 pub const CONFIG_VERSION: u32 = 1;

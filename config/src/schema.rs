@@ -37,6 +37,10 @@ pub struct MachineConfig {
     /// System containers, run by the agent outside Kubernetes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<Container>,
+    /// Install to a disk: a node booted live (USB, PXE) writes the whole
+    /// layout to the disk named here, then reboots into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<Install>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -371,4 +375,60 @@ pub struct Mount {
     pub destination: String,
     #[serde(default)]
     pub readonly: bool,
+}
+
+/// Where a live node installs itself: `disk` or `disk_selector`, exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Install {
+    /// The whole disk's device node, `/dev/<kernel name>` (`/dev/sda`,
+    /// `/dev/nvme0n1`, `/dev/vdb`).
+    pub disk: Option<String>,
+    /// Choose the disk by what it is; it must match exactly one disk.
+    pub disk_selector: Option<DiskSelector>,
+    /// Overwrite a disk that holds a partition table or a file system.
+    /// Without it such a disk is refused.
+    #[serde(default)]
+    pub wipe: bool,
+}
+
+/// Every criterion given must hold; at least one is required.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSelector {
+    /// `"4GiB"` (exactly), `">= 100GB"`, `"<= 2TiB"`, `"> 1TB"`, `"< 64GiB"`;
+    /// units B, KB/MB/GB/TB (powers of 1000) and KiB/MiB/GiB/TiB (of 1024).
+    pub size: Option<String>,
+    /// Glob (`*`, `?`, `[…]`) on the disk's model (sysfs `device/model`).
+    pub model: Option<String>,
+    /// Glob on the disk's serial number (sysfs `device/serial`, or the
+    /// virtio/NVMe/SCSI equivalent).
+    pub serial: Option<String>,
+    #[serde(rename = "type")]
+    pub disk_type: Option<DiskType>,
+}
+
+/// What kind of disk, as the node reads it from sysfs. The kinds are
+/// exclusive: an NVMe drive is `nvme` (not `ssd`), an SD/eMMC card `sd`, a
+/// virtio disk `virtio`; the rest are `ssd` or `hdd` by `queue/rotational`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskType {
+    Ssd,
+    Hdd,
+    Nvme,
+    Sd,
+    Virtio,
+}
+
+impl DiskType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskType::Ssd => "ssd",
+            DiskType::Hdd => "hdd",
+            DiskType::Nvme => "nvme",
+            DiskType::Sd => "sd",
+            DiskType::Virtio => "virtio",
+        }
+    }
 }

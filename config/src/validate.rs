@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::schema::{Api, Interface, Kernel, MachineConfig, Network};
 use crate::CONFIG_VERSION;
 
+mod install;
 mod kubernetes;
 mod runtime;
 
@@ -65,6 +66,9 @@ pub fn validate(c: &MachineConfig) -> Vec<Problem> {
     }
     runtime::containerd(&mut p, &c.containerd);
     runtime::containers(&mut p, &c.containers);
+    if let Some(i) = &c.install {
+        install::install(&mut p, i);
+    }
     p.0
 }
 

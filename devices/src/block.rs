@@ -121,6 +121,8 @@ fn matches(spec: &RootSpec, entry: &GptPartition) -> bool {
     match spec {
         RootSpec::PartUuid(guid) => entry.guid == *guid,
         RootSpec::PartLabel(label) => entry.label == *label,
+        // A file in the initramfs is never a partition.
+        RootSpec::Initrd(_) => false,
     }
 }
 

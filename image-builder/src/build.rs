@@ -1,6 +1,7 @@
 //! One build, start to finish: spec → verified artifacts → staging → root
-//! tree, initrd, ESP plan → one raw image and one update bundle, renamed
-//! into place only when both have been written and synced. A failure at any
+//! tree, initrd, ESP plan → the raw image, the formats `[outputs]` lists
+//! (converted from it) and one update bundle, renamed into place only when
+//! all have been written and synced. A failure at any
 //! step leaves the output directory as it was: outputs are written under
 //! temporary names and the staging directory is removed on drop.
 
@@ -16,14 +17,18 @@ use thiserror::Error;
 
 use crate::bundle::{self, BundleFileError, KeyFileError};
 use crate::deb::{Deb, DebError};
-use crate::disk::{DiskError, RawDisk};
+use crate::disk::{DiskError, DiskWriter, Fill};
 use crate::elf::{self, ElfError, ElfRoot};
 use crate::esp::{self, Content, EspError, EspInputs, EspPlan};
 use crate::ext4::{self, Ext4Error, Ext4Spec};
+use crate::formats::{self, Converter, Format, FormatError};
 use crate::initrd::{self, InitrdError, InitrdInput};
 use crate::inputs::{bake_plan, verify_artifacts};
+use crate::install_payload;
 use crate::lock::LockError;
 use crate::machine_config::{MachineConfigError, MachineConfigFile};
+use crate::ova::{OvaInputs, VmHardware};
+use crate::pxe::{self, PxeError};
 use crate::rootfs::RootBuilder;
 use crate::spec::{LoadedSpec, SpecError};
 use crate::squashfs::{self, SquashfsError};
@@ -131,6 +136,10 @@ pub enum BuildError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Ext4(#[from] Ext4Error),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Pxe(#[from] PxeError),
     #[error("staging {path}: {source}")]
     Staging { path: PathBuf, source: io::Error },
     #[error("output {path}: {source}")]
@@ -160,8 +169,12 @@ pub struct BuildOptions {
 /// What was built, for the log and for tests.
 #[derive(Debug, Clone)]
 pub struct BuildReport {
+    /// `<out>/<name>-<version>.raw`; on disk only when `raw` is among
+    /// `[outputs] formats` (the default).
     pub image: PathBuf,
     pub image_size: u64,
+    /// Every published output but the bundle, in build order, with sizes.
+    pub outputs: Vec<formats::Output>,
     /// `<out>/<name>-<version>.bundle`: the same OS for a node's other slot.
     pub bundle: PathBuf,
     pub bundle_size: u64,
@@ -325,6 +338,28 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Ok(bytes)
     })?;
 
+    // STATE and DATA: empty ext4 for the raw image and, compressed, for the
+    // install payload in the root.
+    let ext4_templates = steps.run("ext4", || {
+        let mut made = BTreeMap::new();
+        for role in [PartitionRole::State, PartitionRole::Data] {
+            let size = plan.partition(role).map(|p| p.size).unwrap_or(0);
+            let fs = ext4::make(
+                &Ext4Spec {
+                    label: role.label(),
+                    uuid: derive_guid(&identity, &format!("ext4/{}", role.label())),
+                    hash_seed: derive_guid(&identity, &format!("ext4-hash-seed/{}", role.label())),
+                    size,
+                    epoch,
+                },
+                staging.path(),
+            )?;
+            made.insert(role, fs);
+        }
+        Ok(made)
+    })?;
+    let template = |role: PartitionRole| ext4_templates.get(&role).cloned().unwrap_or_default();
+
     let mut root = RootBuilder::new();
     steps.run("root tree", || {
         root.skeleton(&spec.image.name, &spec.image.version, &stage("os-release"))?;
@@ -362,6 +397,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             }
         }
         root.add_baked(&baked)?;
+        install_payload::add(
+            &mut root,
+            &install_payload::PayloadInputs {
+                version: &spec.image.version,
+                kernel_release: &kernel_release,
+                sizes: spec.disk.sizes(),
+                bootloader: &bootloader,
+                kernel: &kernel.vmlinuz,
+                initrd: &initrd_file,
+                state: &template(PartitionRole::State),
+                data: &template(PartitionRole::Data),
+            },
+            staging.path(),
+        )?;
         let mut libs = FsTree::new();
         for name in &spec.libraries.artifacts {
             let tree = deb(name).extract(&stage(&format!("lib-{name}")), |p| {
@@ -451,7 +500,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         })?;
     let partial_path = partial.path().to_path_buf();
     steps.run("disk image", || {
-        let mut disk = RawDisk::create(partial.as_file_mut(), &partial_path, plan.clone())?;
+        let target = partial_path.display().to_string();
+        let output = |source| BuildError::Output {
+            path: partial_path.clone(),
+            source,
+        };
+        // A fresh sparse file: reads as zeros, so zero blocks are skipped.
+        partial.as_file().set_len(plan.size).map_err(output)?;
+        let mut disk = DiskWriter::new(partial.as_file_mut(), target, plan.clone(), 512)?;
         disk.write_gpt()?;
         esp_plan.write(
             disk.volume(PartitionRole::Esp)?,
@@ -462,20 +518,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             PartitionRole::RootA,
             "root squashfs with its dm-verity hash area",
             &squashfs_file,
+            Fill::SkipZeros,
         )?;
         for role in [PartitionRole::State, PartitionRole::Data] {
-            let size = plan.partition(role).map(|p| p.size).unwrap_or(0);
-            let fs = ext4::make(
-                &Ext4Spec {
-                    label: role.label(),
-                    uuid: derive_guid(&identity, &format!("ext4/{}", role.label())),
-                    hash_seed: derive_guid(&identity, &format!("ext4-hash-seed/{}", role.label())),
-                    size,
-                    epoch,
-                },
-                staging.path(),
+            disk.fill_from(
+                role,
+                &format!("{} ext4", role.label()),
+                &template(role),
+                Fill::SkipZeros,
             )?;
-            disk.fill_from(role, &format!("{} ext4", role.label()), &fs)?;
         }
         disk.sync()?;
         Ok(())
@@ -498,17 +549,87 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         )?)
     })?;
     let bundle_path = out_dir.join(bundle::file_name(&identity));
-    publish(partial, &image)?;
-    if let Err(e) = publish(bundle_partial, &bundle_path) {
-        // Both outputs or neither.
-        let _ = std::fs::remove_file(&image);
-        return Err(e);
+
+    // The formats the spec lists; qcow2, VMDK and OVA are converted from
+    // the raw image, which is published only when listed itself.
+    let mut converter = Converter::new(
+        &partial_path,
+        out_dir,
+        OvaInputs {
+            name: &spec.image.name,
+            version: &spec.image.version,
+            hardware: VmHardware {
+                cpus: spec.outputs.ova.cpus,
+                memory_mib: spec.outputs.ova.memory_mib,
+            },
+            epoch,
+        },
+    );
+    let mut pxe_partial = None;
+    for format in spec.outputs.in_build_order() {
+        match format {
+            Format::Raw => {}
+            Format::Qcow2 | Format::Vmdk | Format::Ova => {
+                steps.run(&format!("{format} image"), || Ok(converter.make(format)?))?
+            }
+            // `<identity>.pxe/`: the same kernel, initrd and sealed root.
+            Format::Pxe => {
+                let inputs = pxe::PxeInputs {
+                    kernel: &kernel.vmlinuz,
+                    initrd: &initrd_file,
+                    root_image: &squashfs_file,
+                    verity: &sealed.params,
+                    cmdline: &spec.kernel.cmdline,
+                    mtime: epoch,
+                };
+                pxe_partial = Some(steps.run("pxe", || {
+                    pxe::check_modules(
+                        &spec.initrd.modules,
+                        index.is_builtin("loop"),
+                        &kernel_release,
+                    )?;
+                    Ok(pxe::write_partial(out_dir, &identity, &inputs)?)
+                })?);
+            }
+        }
+    }
+    let mut pending: Vec<(tempfile::NamedTempFile, PathBuf, Option<Format>)> = Vec::new();
+    if spec.outputs.wants(Format::Raw) {
+        pending.push((partial, image.clone(), Some(Format::Raw)));
+    }
+    for p in converter.finish(spec.outputs.wants(Format::Vmdk)) {
+        pending.push((p.file, p.path, Some(p.format)));
+    }
+    pending.push((bundle_partial, bundle_path.clone(), None));
+    // The PXE directory first; removed again if a file cannot be published.
+    let pxe_dir = match &pxe_partial {
+        Some((partial, _)) => {
+            let dir = out_dir.join(pxe::dir_name(&identity));
+            pxe::publish(partial.path(), &dir)?;
+            Some(dir)
+        }
+        None => None,
+    };
+    let mut outputs = publish_all(pending).inspect_err(|_| {
+        if let Some(dir) = &pxe_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    })?;
+    if let Some(dir) = pxe_dir {
+        let (size, allocated) = pxe::measure(&dir)?;
+        outputs.push(formats::Output {
+            format: Format::Pxe,
+            path: dir,
+            size,
+            allocated,
+        });
     }
 
     let image_size = plan.size;
     Ok(BuildReport {
         image,
         image_size,
+        outputs,
         bundle: bundle_path,
         bundle_size,
         bundle_signed_by: signing_key.as_ref().map(|k| k.public().key_id()),
@@ -650,6 +771,44 @@ fn extract_with_chains(
         artifact: artifact.to_string(),
         reason: "symlink targets could not be extracted".into(),
     })
+}
+
+/// Publish every output or none: when one cannot be renamed into place,
+/// those already published are removed (the rest are still temporaries,
+/// deleted on drop). Returns the published formats, measured.
+fn publish_all(
+    pending: Vec<(tempfile::NamedTempFile, PathBuf, Option<Format>)>,
+) -> Result<Vec<formats::Output>, BuildError> {
+    let mut done: Vec<(PathBuf, Option<Format>)> = Vec::new();
+    let mut pending = pending.into_iter();
+    let failed = loop {
+        let Some((partial, path, format)) = pending.next() else {
+            break None;
+        };
+        match publish(partial, &path) {
+            Ok(()) => done.push((path, format)),
+            Err(e) => break Some(e),
+        }
+    };
+    let measured = match failed {
+        None => done
+            .iter()
+            .filter_map(|(path, format)| format.map(|f| (f, path)))
+            .map(|(f, path)| {
+                formats::Output::measure(f, path).map_err(|source| BuildError::Output {
+                    path: path.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>(),
+        Some(e) => Err(e),
+    };
+    if measured.is_err() {
+        for (path, _) in &done {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    measured
 }
 
 /// Make the finished image visible under its final name, durably.

@@ -26,12 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the raw disk image a spec describes, and its update bundle.
+    /// Build the disk images a spec describes (`[outputs] formats`: raw,
+    /// qcow2, vmdk, ova, pxe) and its update bundle.
     Build {
         /// The image spec (TOML), e.g. image-builder/specs/qemu.toml.
         spec: PathBuf,
-        /// Output directory; the image is <out>/<name>-<version>.raw, the
-        /// update bundle <out>/<name>-<version>.bundle.
+        /// Output directory: <out>/<name>-<version>.raw (and .qcow2, .vmdk,
+        /// .ova as `[outputs] formats` lists) and the update bundle
+        /// <out>/<name>-<version>.bundle.
         #[arg(long)]
         out: PathBuf,
         /// The static `init` program (overrides [programs] init).
@@ -231,7 +233,8 @@ fn mib(bytes: u64) -> String {
 fn print_report(r: &BuildReport, secs: f64) {
     eprintln!(
         "built {} ({} disk, kernel {}, epoch {}) in {secs:.1}s",
-        r.image.display(),
+        // `<out>/<name>-<version>`: the raw image is one output among several.
+        r.image.with_extension("").display(),
         mib(r.image_size),
         r.kernel_release,
         r.epoch
@@ -270,5 +273,20 @@ fn print_report(r: &BuildReport, secs: f64) {
             None => "unsigned".to_string(),
         }
     );
-    println!("{}", r.image.display());
+    for o in &r.outputs {
+        eprintln!(
+            "  output {:<40} {} ({} allocated)",
+            o.path.display(),
+            mib(o.size),
+            mib(o.allocated)
+        );
+    }
+    // Each output's path on stdout, the raw image (when written) last.
+    let (raw, others): (Vec<_>, Vec<_>) = r
+        .outputs
+        .iter()
+        .partition(|o| o.format == image_builder::formats::Format::Raw);
+    for o in others.iter().chain(&raw) {
+        println!("{}", o.path.display());
+    }
 }

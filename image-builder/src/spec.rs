@@ -9,6 +9,8 @@ use caisson_layout::SizesMiB;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::formats::Format;
+
 #[derive(Debug, Error)]
 pub enum SpecError {
     #[error("cannot read spec {path}: {source}")]
@@ -51,6 +53,9 @@ pub struct Spec {
     pub images: Vec<ImageArchive>,
     #[serde(default)]
     pub disk: DiskSection,
+    /// Which files `build` writes besides the update bundle.
+    #[serde(default)]
+    pub outputs: OutputsSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -220,6 +225,62 @@ impl DiskSection {
     }
 }
 
+/// `[outputs]`: the formats to write (the bundle is always written).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsSection {
+    /// raw, qcow2, vmdk, ova, pxe; default `["raw"]`.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<Format>,
+    /// The virtual machine an OVA describes.
+    #[serde(default)]
+    pub ova: OvaSection,
+}
+
+fn default_formats() -> Vec<Format> {
+    vec![Format::Raw]
+}
+
+impl Default for OutputsSection {
+    fn default() -> Self {
+        OutputsSection {
+            formats: default_formats(),
+            ova: OvaSection::default(),
+        }
+    }
+}
+
+impl OutputsSection {
+    pub fn wants(&self, format: Format) -> bool {
+        self.formats.contains(&format)
+    }
+
+    /// The listed formats in the order they are made.
+    pub fn in_build_order(&self) -> Vec<Format> {
+        let mut formats = self.formats.clone();
+        formats.sort();
+        formats
+    }
+}
+
+/// `[outputs.ova]`: the OVF's virtual hardware defaults, changeable at
+/// deploy time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OvaSection {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Default for OvaSection {
+    fn default() -> Self {
+        OvaSection {
+            cpus: 2,
+            memory_mib: 4096,
+        }
+    }
+}
+
 /// A spec and the directory its relative paths start from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedSpec {
@@ -372,6 +433,7 @@ impl Spec {
                 ));
             }
         }
+        self.validate_outputs(path)?;
         for (i, w) in self.kernel.cmdline.iter().enumerate() {
             if w.is_empty() || w.chars().any(char::is_whitespace) || w.starts_with("caisson.") {
                 return Err(invalid(
@@ -385,6 +447,66 @@ impl Spec {
         Ok(())
     }
 }
+
+impl Spec {
+    // `is_multiple_of` is Rust 1.87; the workspace's minimum is 1.80.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn validate_outputs(&self, path: &Path) -> Result<(), SpecError> {
+        let invalid = |key: String, reason: String| SpecError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let outputs = &self.outputs;
+        if outputs.formats.is_empty() {
+            return Err(invalid(
+                "outputs.formats".into(),
+                "lists no format; give one or more of raw, qcow2, vmdk, ova, pxe".into(),
+            ));
+        }
+        for (i, format) in outputs.formats.iter().enumerate() {
+            if outputs.formats[..i].contains(format) {
+                return Err(invalid(
+                    format!("outputs.formats[{i}]"),
+                    format!("{format:?} is listed twice", format = format.as_str()),
+                ));
+            }
+        }
+        // The OVF puts the disk on a pvscsi controller: without its driver
+        // in the initrd, init would never see the root.
+        if outputs.wants(Format::Ova) && !self.initrd.modules.iter().any(|m| m == PVSCSI) {
+            return Err(invalid(
+                "outputs.formats".into(),
+                format!(
+                    "\"ova\" declares a pvscsi disk, so initrd.modules must list {PVSCSI:?} (init could not find the root without it)"
+                ),
+            ));
+        }
+        let ova = &outputs.ova;
+        if ova.cpus == 0 || ova.cpus > 768 {
+            return Err(invalid(
+                "outputs.ova.cpus".into(),
+                format!("{} is not between 1 and 768", ova.cpus),
+            ));
+        }
+        if ova.memory_mib < 256 || ova.memory_mib % VSPHERE_MEMORY_STEP_MIB != 0 {
+            return Err(invalid(
+                "outputs.ova.memory_mib".into(),
+                format!(
+                    "{} must be at least 256 and a multiple of 4 (vSphere's rule)",
+                    ova.memory_mib
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// vSphere sizes VM memory in steps of 4 MiB.
+const VSPHERE_MEMORY_STEP_MIB: u64 = 4;
+
+/// The driver of VMware's paravirtual SCSI controller.
+pub const PVSCSI: &str = "vmw_pvscsi";
 
 /// Exactly one of two alternative keys of `table` is set.
 fn exactly_one(table: &str, a: &str, has_a: bool, b: &str, has_b: bool) -> Result<(), String> {
@@ -549,5 +671,72 @@ esp_mib = 256
             e.to_string().contains("k3s.images") && e.to_string().contains("unknown field"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn outputs_default_to_raw_and_list_formats_in_build_order() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.outputs.formats, [Format::Raw]);
+        assert_eq!(s.outputs.ova, OvaSection::default());
+        let s = parse(&format!(
+            "{}\n[outputs]\nformats = [\"ova\", \"raw\", \"qcow2\", \"pxe\", \"vmdk\"]\n\n[outputs.ova]\ncpus = 4\n",
+            MINIMAL.replace("\"virtio_blk\"]", "\"virtio_blk\", \"vmw_pvscsi\"]")
+        ))
+        .unwrap();
+        assert_eq!(s.outputs.in_build_order(), Format::ALL);
+        assert_eq!(
+            s.outputs.ova,
+            OvaSection {
+                cpus: 4,
+                memory_mib: 4096
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_duplicate_or_missing_formats_name_their_key() {
+        let with = |formats: &str| parse(&format!("{MINIMAL}\n[outputs]\nformats = {formats}\n"));
+        let e = with("[\"raw\", \"iso\"]").unwrap_err().to_string();
+        assert!(e.contains("key `outputs.formats[1]`"), "{e}");
+        assert!(e.contains("unknown variant `iso`"), "{e}");
+        assert!(e.contains("qcow2"), "the error lists what is allowed: {e}");
+        let e = with("[\"raw\", \"qcow2\", \"raw\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `outputs.formats[2]`: \"raw\" is listed twice"),
+            "{e}"
+        );
+        let e = with("[]").unwrap_err().to_string();
+        assert!(e.contains("key `outputs.formats`: lists no format"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[outputs]\nformat = [\"raw\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outputs.format") && e.contains("unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_ova_needs_the_pvscsi_driver_and_sane_hardware() {
+        let e = parse(&format!("{MINIMAL}\n[outputs]\nformats = [\"ova\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `outputs.formats`") && e.contains("vmw_pvscsi"),
+            "{e}"
+        );
+        let base = MINIMAL.replace("\"virtio_blk\"]", "\"virtio_blk\", \"vmw_pvscsi\"]");
+        let ova = |table: &str| {
+            parse(&format!(
+                "{base}\n[outputs]\nformats = [\"ova\"]\n\n[outputs.ova]\n{table}\n"
+            ))
+        };
+        assert!(ova("").is_ok());
+        let e = ova("cpus = 0").unwrap_err().to_string();
+        assert!(e.contains("key `outputs.ova.cpus`"), "{e}");
+        let e = ova("memory_mib = 1022").unwrap_err().to_string();
+        assert!(e.contains("key `outputs.ova.memory_mib`"), "{e}");
     }
 }

@@ -38,6 +38,8 @@ pub enum InitError {
         seen: Vec<String>,
         module_failures: Vec<String>,
     },
+    #[error("root image {path}: {reason}")]
+    RootImage { path: PathBuf, reason: String },
     #[error("{path} not found in the root filesystem from {device}")]
     NoAgent { path: PathBuf, device: PathBuf },
     #[error("the boot entry has no caisson.verity: refusing to boot an unverified root (an entry must carry the root hash, or say caisson.verity=off to boot unverified)")]
@@ -50,7 +52,8 @@ pub enum InitError {
     MakeNode { path: PathBuf, errno: Errno },
     #[error("root {device} failed dm-verity verification: its blocks do not match root hash {root_hash} (a corrupted root, or not the image this entry was written for); {cause}")]
     RootCorrupted {
-        device: PathBuf,
+        /// The device, and for a live boot the file behind it.
+        device: String,
         root_hash: String,
         cause: Box<InitError>,
     },

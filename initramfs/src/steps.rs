@@ -246,8 +246,25 @@ pub fn write_verity_hint(root_hash: Option<&str>) -> Result<(), InitError> {
     })
 }
 
-/// Tell the agent which device the root came from (e.g. `vda2`, no
-/// newline), so it can find STATE and DATA on the same disk.
+/// For a root read through a loop device, tell the agent which file the
+/// device reads (one line); nothing for a partition.
+pub fn write_backing_hint(file: Option<&Path>) -> Result<(), InitError> {
+    let Some(file) = file else {
+        return Ok(());
+    };
+    let hint = Path::new(paths::ROOT_BACKING_HINT);
+    if let Some(dir) = hint.parent() {
+        create_dir(dir)?;
+    }
+    std::fs::write(hint, format!("{}\n", file.display())).map_err(|source| InitError::Write {
+        path: hint.into(),
+        source,
+    })
+}
+
+/// Tell the agent which device the root came from (e.g. `vda2`, or `loop0`
+/// for a live boot; no newline), so it can find STATE and DATA on the same
+/// disk.
 pub fn write_root_hint(device: &BlockDevice) -> Result<(), InitError> {
     let hint = Path::new(paths::ROOT_DEVICE_HINT);
     if let Some(dir) = hint.parent() {

@@ -84,11 +84,16 @@ fn split_param(word: &str) -> (String, Option<String>) {
     }
 }
 
-/// How the root partition is named on the command line.
+/// Where the root comes from, as the command line names it: a partition,
+/// or (live boot) an image file inside the initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootSpec {
     PartUuid(Uuid),
     PartLabel(String),
+    /// `initrd:/caisson/root.img`: an absolute path in the initramfs to a
+    /// root image (squashfs + dm-verity hash area) that `init` reads
+    /// through a loop device.
+    Initrd(String),
 }
 
 impl RootSpec {
@@ -101,8 +106,10 @@ impl RootSpec {
             } else {
                 Ok(RootSpec::PartLabel(l.to_string()))
             }
+        } else if let Some(path) = value.strip_prefix(INITRD_ROOT_PREFIX) {
+            check_initrd_path(path).map(|()| RootSpec::Initrd(path.to_string()))
         } else {
-            Err("expected PARTUUID=<guid> or PARTLABEL=<name>".into())
+            Err(format!("expected PARTUUID=<guid>, PARTLABEL=<name> or {INITRD_ROOT_PREFIX}<absolute path>"))
         }
     }
 
@@ -110,8 +117,24 @@ impl RootSpec {
         match self {
             RootSpec::PartUuid(u) => format!("PARTUUID={u}"),
             RootSpec::PartLabel(l) => format!("PARTLABEL={l}"),
+            RootSpec::Initrd(path) => format!("{INITRD_ROOT_PREFIX}{path}"),
         }
     }
+}
+
+/// `caisson.root=initrd:<path>`: the root is a file in the initramfs.
+pub const INITRD_ROOT_PREFIX: &str = "initrd:";
+
+/// An initramfs path: absolute, no `.` or `..` components, no empty ones,
+/// not `/` itself.
+fn check_initrd_path(path: &str) -> Result<(), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("{INITRD_ROOT_PREFIX} needs an absolute path, got {path:?}"));
+    };
+    if rest.is_empty() || rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("{INITRD_ROOT_PREFIX}{path}: expected a plain absolute file path (no empty, . or .. components)"));
+    }
+    Ok(())
 }
 
 /// Key names, so the builder renders exactly what `init` parses.
@@ -121,6 +144,9 @@ pub const KEY_ROOTWAIT: &str = "caisson.rootwait";
 pub const KEY_VERITY: &str = "caisson.verity";
 pub const KEY_VERITY_SALT: &str = "caisson.verity.salt";
 pub const KEY_VERITY_HASH_OFFSET: &str = "caisson.verity.hashoffset";
+/// `caisson.live`: a live (diskless) boot. STATE and DATA are tmpfs, no
+/// disk is ever looked at for them, and there is no slot to upgrade.
+pub const KEY_LIVE: &str = "caisson.live";
 /// `caisson.verity=off`: the entry asks for an unverified root.
 pub const VERITY_OFF: &str = "off";
 /// dm-verity block size; the hash offset is a whole number of blocks.
@@ -281,6 +307,11 @@ impl CaissonParams {
     }
 }
 
+/// Whether the command line asks for a live boot ([`KEY_LIVE`], a bare flag).
+pub fn is_live(cmdline: &KernelCmdline) -> bool {
+    cmdline.has_flag(KEY_LIVE)
+}
+
 /// A value with whitespace (a PARTLABEL may have some) is quoted, so the
 /// kernel and [`KernelCmdline::parse`] keep it one word.
 fn quote_if_spaced(value: &str) -> String {
@@ -408,6 +439,33 @@ mod tests {
                 other => panic!("{extra}: expected an error for {key}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_initrd_root_parses_renders_and_round_trips_with_live() {
+        let hash = "ab".repeat(32);
+        let line = format!(
+            "console=ttyS0 caisson.slot=a caisson.root=initrd:/caisson/root.img caisson.live \
+             caisson.verity={hash} caisson.verity.salt=01 caisson.verity.hashoffset=8192"
+        );
+        let cmdline = KernelCmdline::parse(&line);
+        let p = CaissonParams::from_cmdline(&cmdline).unwrap();
+        assert_eq!(p.root, RootSpec::Initrd("/caisson/root.img".into()));
+        assert!(is_live(&cmdline));
+        assert!(!is_live(&KernelCmdline::parse("caisson.slot=a")));
+        assert_eq!(p.render()[1], "caisson.root=initrd:/caisson/root.img");
+        let again = CaissonParams::from_cmdline(&KernelCmdline::parse(&p.render().join(" "))).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn initrd_roots_must_be_plain_absolute_paths() {
+        for bad in ["initrd:", "initrd:/", "initrd:root.img", "initrd:/a/../b", "initrd:/a//b", "initrd:/./a", "initrd:/a/"] {
+            let e = CaissonParams::from_cmdline(&KernelCmdline::parse(&format!("caisson.slot=a caisson.root={bad}")))
+                .unwrap_err();
+            assert!(matches!(e, CmdlineError::Invalid { key: KEY_ROOT, .. }), "{bad}: {e}");
+        }
+        assert!(RootSpec::parse("initrd:/caisson/root.img").is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod slot;
 pub mod slots;
 
 pub use boot_entry::{BootEntry, BootEntryError};
-pub use cmdline::{CaissonParams, CmdlineError, KernelCmdline, RootSpec, RootVerity, VerityParams};
+pub use cmdline::{is_live, CaissonParams, CmdlineError, KernelCmdline, RootSpec, RootVerity, VerityParams};
 pub use guid::derive_guid;
 pub use partitions::{DiskPlan, PartitionPlan, PartitionRole, PlanError, SizesMiB};
 pub use slot::Slot;

@@ -32,6 +32,14 @@ pub const INITRD_KERNEL_RELEASE: &str = "/etc/caisson/kernel-release";
 /// Written by `init` for the agent: the block device the root came from,
 /// e.g. `vda2` (a name under `/sys/class/block`).
 pub const ROOT_DEVICE_HINT: &str = "/run/caisson/root-device";
+/// Where the PXE initramfs carries the root image (squashfs + dm-verity
+/// hash area) for a live boot: `caisson.root=initrd:/caisson/root.img`.
+pub const INITRD_ROOT_IMAGE: &str = "/caisson/root.img";
+/// Written by `init` when the root is read through a loop device (a live
+/// boot): one line, the file the loop device reads, as `init` saw it
+/// (e.g. `/caisson/root.img` in the initramfs). `ROOT_DEVICE_HINT` then
+/// names the loop device (`loop0`).
+pub const ROOT_BACKING_HINT: &str = "/run/caisson/root-backing";
 /// Written by `init` for the agent's health gate: one line, the dm-verity
 /// root hash the root was mounted under (64 hex digits), or `off`.
 pub const ROOT_VERITY_HINT: &str = "/run/caisson/root-verity";

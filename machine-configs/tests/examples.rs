@@ -34,6 +34,7 @@ fn every_example_config_is_valid() {
         names,
         [
             "airgap-mirror.toml",
+            "bare-metal-install.toml",
             "single-node-dhcp.toml",
             "static-two-nics.toml",
             "three-node/node-1.toml",
@@ -47,6 +48,18 @@ fn every_example_config_is_valid() {
             panic!("{e}");
         }
     }
+}
+
+#[test]
+fn bare_metal_example_installs_to_one_nvme_disk_by_selector_without_wiping() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bare-metal-install.toml");
+    let c = caisson_config::parse("install", &std::fs::read_to_string(path).unwrap()).unwrap();
+    let install = c.install.unwrap();
+    assert!(install.disk.is_none() && !install.wipe);
+    let selector = install.disk_selector.unwrap();
+    assert_eq!(selector.disk_type, Some(caisson_config::DiskType::Nvme));
+    let size = caisson_config::SizeMatch::parse(selector.size.as_deref().unwrap()).unwrap();
+    assert!(size.matches(256_060_514_304) && !size.matches(128_035_676_160));
 }
 
 #[test]

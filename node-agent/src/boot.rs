@@ -90,17 +90,24 @@ pub struct Booted {
     pub state_mounted: bool,
 }
 
-/// The phases, in order.
-pub fn boot() -> Booted {
+/// The phases, in order. `storage`: STATE and DATA on disk, or in memory
+/// for a live boot.
+pub fn boot(storage: mounts::Storage) -> Booted {
     let machine_id = run_phase("pseudo-filesystems", pseudo_filesystems);
     run_phase("cgroup2", cgroup2);
     let modules = run_phase("coldplug", coldplug);
+    if storage == mounts::Storage::Live {
+        info!("{}", mounts::LIVE_LINE);
+    }
     let state_mounted = run_phase("state", || {
-        mounts::mount_state().map(|m| info!("state: mounted {m}"))
+        mounts::mount_state(storage).map(|m| info!("state: mounted {m}"))
     })
     .is_some();
     run_phase("data", || {
-        mounts::mount_data().map(|m| info!("data: mounted {m}"))
+        mounts::mount_data(storage).map(|m| {
+            info!("data: mounted {m}");
+            grow_data(&m.device);
+        })
     });
     let hostname = run_phase("hostname", || hostname(machine_id.as_ref()));
     Booted {
@@ -123,6 +130,7 @@ pub async fn configure(
     let facts = Facts {
         image_version: image_version(),
         slot: slot(cmdline).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+        live: caisson_layout::is_live(cmdline),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|r| r.trim().to_string())
             .unwrap_or_else(|_| "unknown".to_string()),
@@ -144,7 +152,13 @@ pub async fn configure(
     run_phase_async("network", node.bring_up_network()).await;
     run_phase_async("api", api::listener::start(node.clone())).await;
     node.set_runtime(crate::runtime::RuntimeCtx::node(reaper));
-    run_phase_async("services", node.start_boot_services()).await;
+    // [install] on a live boot: write the target disk and reboot into it
+    // (the services are not started for the minute that takes).
+    let rebooting = crate::install::configured(&node).await
+        && run_phase_async("install", crate::install::run(node.clone())).await == Some(true);
+    if !rebooting {
+        run_phase_async("services", node.start_boot_services()).await;
+    }
     // A slot on trial after an upgrade: health gates, then bless or reboot.
     tokio::spawn(node.clone().watch_trial());
     node
@@ -178,6 +192,19 @@ fn coldplug() -> PhaseResult<KernelModules> {
     let report = coldplug::coldplug(&mut modules, coldplug::MAX_PASSES);
     info!("{}", report.summary());
     Ok(modules)
+}
+
+/// DATA to its disk's end, on the first boot from a bigger disk; a failure
+/// is logged and DATA keeps its size.
+fn grow_data(device: &Path) {
+    if device.as_os_str().is_empty() {
+        return; // already mounted, or in memory
+    }
+    match crate::install::grow::grow_data(device, Path::new(caisson_layout::paths::DATA_MOUNT)) {
+        Ok(Some(grown)) => info!("{}", grown.line()),
+        Ok(None) => {}
+        Err(e) => error!("data: growing DATA to the disk's end failed: {e}; DATA keeps its size"),
+    }
 }
 
 fn hostname(machine_id: Option<&MachineId>) -> PhaseResult<String> {

@@ -105,7 +105,7 @@ async fn agent(started: Instant, cmdline: &KernelCmdline) {
     }
     power::disable_ctrl_alt_del();
 
-    let booted = boot::boot();
+    let booted = boot::boot(mounts::Storage::from_cmdline(cmdline));
     // Armed once coldplug has loaded `button` and `evdev`, and before
     // `boot: ready`: a press from then on is queued and acted on after boot.
     input::arm_power_buttons(requests.clone());

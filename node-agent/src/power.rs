@@ -45,6 +45,8 @@ pub enum ShutdownReason {
     CtrlAltDel,
     /// `POST /v1/reboot`, `/v1/shutdown`, `/v1/reset` or `apply --mode reboot`.
     Api,
+    /// The installer wrote and checked a disk: reboot into it.
+    Install,
 }
 
 impl fmt::Display for ShutdownReason {
@@ -55,6 +57,7 @@ impl fmt::Display for ShutdownReason {
             ShutdownReason::Sigpwr => "SIGPWR",
             ShutdownReason::CtrlAltDel => "Ctrl-Alt-Del",
             ShutdownReason::Api => "the API",
+            ShutdownReason::Install => "the installer",
         })
     }
 }

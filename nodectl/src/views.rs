@@ -31,10 +31,12 @@ fn decode<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<(T, Value), Fa
 pub fn version(body: &[u8]) -> Result<Outcome, Failure> {
     let (v, json): (VersionInfo, _) = decode("version", body)?;
     let mut t = Table::new(&["HOSTNAME", "IMAGE", "AGENT", "SLOT", "KERNEL", "MODE", "SLOT A", "SLOT B", "LAST UPGRADE"]);
-    let mode = if v.maintenance {
-        "maintenance"
-    } else {
-        "normal"
+    let mode = match (v.maintenance, v.live) {
+        (true, false) => "maintenance",
+        (false, false) => "normal",
+        // STATE and DATA in memory: nothing survives a reboot.
+        (true, true) => "maintenance, live",
+        (false, true) => "normal, live",
     };
     let slot = |name: &str| {
         v.slots
@@ -346,6 +348,25 @@ mod tests {
             ("59s".into(), "10m".into(), "2h".into(), "2d".into())
         );
         assert_eq!(binary_bytes(3 << 30), "3.00 GiB");
+    }
+
+    #[test]
+    fn a_live_node_says_so_in_the_mode_column_and_older_nodes_are_not_live() {
+        let body = |extra: &str| {
+            format!(
+                r#"{{"image_version": "0.1.0", "agent_version": "0.1.0", "slot": "a", "kernel": "6.1",
+                    "hostname": "n1", "maintenance": true{extra}}}"#
+            )
+        };
+        let row = |body: String| {
+            let View::Table(t) = version(body.as_bytes()).unwrap().view else {
+                panic!("not a table")
+            };
+            t.lines()[1].clone()
+        };
+        assert!(row(body(r#", "live": true"#)).contains(" maintenance, live "));
+        let older = row(body(""));
+        assert!(older.contains(" maintenance ") && !older.contains("live"), "{older}");
     }
 
     #[test]

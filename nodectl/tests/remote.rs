@@ -37,6 +37,7 @@ impl NodeOps for FakeNode {
             kernel: "6.1.0-test".into(),
             hostname: "node-1".into(),
             maintenance: self.maintenance,
+            live: false,
             slots: vec![
                 SlotInfo { slot: "a".into(), version: Some("0.1.0".into()), state: "running".into(), running: true, tries_left: None, entry: Some("caisson-0.1.0-a.conf".into()), note: None },
                 SlotInfo { slot: "b".into(), version: Some("0.2.0".into()), state: "trying".into(), running: false, tries_left: Some(3), entry: Some("caisson-0.2.0-b+3.conf".into()), note: None },

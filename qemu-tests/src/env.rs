@@ -6,6 +6,9 @@ use crate::{HarnessError, Result};
 
 /// The built raw disk image every VM boots from (through an overlay).
 pub const TEST_IMAGE: &str = "CAISSON_TEST_IMAGE";
+/// The `pxe` output built with `TEST_IMAGE` from the same inputs:
+/// `vmlinuz`, `initramfs` (with the root image), `cmdline`, `boot.ipxe`.
+pub const PXE_DIR: &str = "CAISSON_TEST_PXE_DIR";
 /// `artifacts/`: the fetched, verified .debs.
 pub const ARTIFACTS_DIR: &str = "CAISSON_ARTIFACTS_DIR";
 /// `artifacts.lock`.

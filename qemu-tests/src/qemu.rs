@@ -66,15 +66,61 @@ impl QemuArgs {
         self
     }
 
+    /// The disk on the controller `bus`.
+    pub fn disk(mut self, qcow2: &Path, bus: DiskBus) -> QemuArgs {
+        match bus {
+            DiskBus::Virtio => self.virtio_disk(qcow2),
+            DiskBus::Pvscsi => {
+                self.push(["-device", "pvscsi,id=pvscsi0"]);
+                self.push([
+                    "-drive".to_string(),
+                    format!("file={},if=none,id=disk0,format=qcow2", escape(qcow2)),
+                ]);
+                self.push(["-device", "scsi-hd,drive=disk0,bus=pvscsi0.0"]);
+                self
+            }
+        }
+    }
+
     /// User-mode networking on a virtio NIC (the guest gets 10.0.2.15 by
     /// DHCP). Each `(host, guest)` pair forwards TCP `127.0.0.1:host` to the
     /// guest's port `guest`.
-    pub fn user_net(mut self, forwards: &[(u16, u16)]) -> QemuArgs {
-        let mut nic = String::from("user,model=virtio-net-pci");
+    pub fn user_net(self, forwards: &[(u16, u16)]) -> QemuArgs {
+        self.user_net_on(NicModel::VirtioNet, forwards)
+    }
+
+    /// [`QemuArgs::user_net`] on a NIC of the given model.
+    pub fn user_net_on(mut self, model: NicModel, forwards: &[(u16, u16)]) -> QemuArgs {
+        let mut nic = format!("user,model={}", model.as_str());
         for (host, guest) in forwards {
             nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         self.push(["-nic".to_string(), nic]);
+        self
+    }
+
+    /// [`QemuArgs::user_net_on`] whose DHCP offers `bootfile` from QEMU's
+    /// TFTP server on `tftp_dir`, and boot from the network (`-boot n`):
+    /// the NIC's iPXE ROM (QEMU's default `efi-virtio.rom`, which carries
+    /// the BIOS image too) runs the script.
+    pub fn pxe_net(
+        mut self,
+        model: NicModel,
+        forwards: &[(u16, u16)],
+        tftp_dir: &Path,
+        bootfile: &str,
+    ) -> QemuArgs {
+        let mut nic = format!(
+            "user,model={},tftp={},bootfile={}",
+            model.as_str(),
+            escape(tftp_dir),
+            bootfile.replace(',', ",,")
+        );
+        for (host, guest) in forwards {
+            nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        self.push(["-nic".to_string(), nic]);
+        self.push(["-boot", "n"]);
         self
     }
 
@@ -136,12 +182,66 @@ fn escape(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
+/// The controller a VM's disk is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    /// VMware's paravirtual SCSI, as an OVA declares it. Debian's OVMF has
+    /// no driver for it: boot such a VM with `Boot::DirectKernel`.
+    Pvscsi,
+}
+
+/// The model of a VM's NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NicModel {
+    #[default]
+    VirtioNet,
+    /// VMware's vmxnet3, as an OVA declares it.
+    Vmxnet3,
+}
+
+impl NicModel {
+    /// QEMU's device name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NicModel::VirtioNet => "virtio-net-pci",
+            NicModel::Vmxnet3 => "vmxnet3",
+        }
+    }
+}
+
+/// The format of a built image a VM boots from (its overlay's backing file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+    Qcow2,
+    Vmdk,
+}
+
+impl ImageFormat {
+    /// QEMU's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vmdk => "vmdk",
+        }
+    }
+}
+
 /// A qcow2 overlay at `overlay` whose backing file is the raw `base`, so the
 /// VM's writes never reach the built image.
 pub fn create_overlay(base: &Path, overlay: &Path) -> Result<PathBuf> {
+    create_overlay_of(base, ImageFormat::Raw, overlay)
+}
+
+/// A qcow2 overlay over `base`, read as `format`.
+pub fn create_overlay_of(base: &Path, format: ImageFormat, overlay: &Path) -> Result<PathBuf> {
     let base = std::fs::canonicalize(base).map_err(HarnessError::io("cannot resolve", base))?;
     run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", format.as_str(), "-b"])
         .arg(&base)
         .arg(overlay))?;
     Ok(overlay.to_path_buf())

@@ -5,7 +5,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::console::{Console, TAIL_LINES};
-use crate::qemu::{copy_ovmf_vars, create_overlay, QemuArgs};
+use crate::qemu::{copy_ovmf_vars, create_overlay_of, DiskBus, ImageFormat, NicModel, QemuArgs};
 use crate::qmp::Qmp;
 use crate::{env, HarnessError, Result};
 
@@ -22,14 +22,25 @@ pub enum Boot {
         initrd: PathBuf,
         append: String,
     },
+    /// A network boot under SeaBIOS (`-boot n`): QEMU's iPXE ROM gets
+    /// `bootfile` from the user-mode network's TFTP server, which serves
+    /// `tftp_dir`. Network on, whatever `VmOptions::network` says; no disk
+    /// unless `VmOptions::image` names one.
+    Pxe { tftp_dir: PathBuf, bootfile: String },
 }
 
 #[derive(Debug, Clone)]
 pub struct VmOptions {
     /// Names the VM's directory under `target/qemu-tests/`.
     pub name: String,
-    /// The raw image to boot; default: `$CAISSON_TEST_IMAGE`.
+    /// The image to boot; default: `$CAISSON_TEST_IMAGE`.
     pub image: Option<PathBuf>,
+    /// The format of `image` (raw unless said).
+    pub image_format: ImageFormat,
+    /// The disk's controller; virtio unless said.
+    pub disk_bus: DiskBus,
+    /// The NIC's model; virtio-net unless said.
+    pub nic: NicModel,
     pub memory_mib: u32,
     pub boot: Boot,
     /// When false (the default) a guest reboot ends QEMU (`-no-reboot`).
@@ -47,6 +58,9 @@ impl VmOptions {
         VmOptions {
             name: name.to_string(),
             image: None,
+            image_format: ImageFormat::Raw,
+            disk_bus: DiskBus::Virtio,
+            nic: NicModel::VirtioNet,
             memory_mib: 1024,
             boot: Boot::Uefi,
             allow_reboot: false,
@@ -76,12 +90,21 @@ pub struct Vm {
 impl Vm {
     /// Prepare `target/qemu-tests/<name>/` and start QEMU.
     pub fn start(opts: VmOptions) -> Result<Vm> {
-        let image = match &opts.image {
-            Some(image) => image.clone(),
-            None => env::test_image()?,
+        let image = match (&opts.image, &opts.boot) {
+            (Some(image), _) => Some(image.clone()),
+            // A diskless node.
+            (None, Boot::Pxe { .. }) => None,
+            (None, _) => Some(env::test_image()?),
         };
         let dir = env::fresh_dir(&opts.name)?;
-        let overlay = create_overlay(&image, &dir.join("overlay.qcow2"))?;
+        let overlay = match &image {
+            Some(image) => Some(create_overlay_of(
+                image,
+                opts.image_format,
+                &dir.join("overlay.qcow2"),
+            )?),
+            None => None,
+        };
         let console_log = dir.join("console.log");
         let qmp_socket = dir.join("qmp.sock");
         let mut args = QemuArgs::new(opts.memory_mib);
@@ -92,17 +115,27 @@ impl Vm {
                 initrd,
                 append,
             } => args.direct_kernel(kernel, initrd, append),
+            // SeaBIOS, QEMU's default firmware.
+            Boot::Pxe { .. } => args,
         };
-        args = args
-            .virtio_disk(&overlay)
-            .headless(&console_log, &qmp_socket);
+        if let Some(overlay) = &overlay {
+            args = args.disk(overlay, opts.disk_bus);
+        }
+        args = args.headless(&console_log, &qmp_socket);
         let mut forwards = Vec::new();
-        if opts.network {
+        let pxe = match &opts.boot {
+            Boot::Pxe { tftp_dir, bootfile } => Some((tftp_dir, bootfile)),
+            _ => None,
+        };
+        if opts.network || pxe.is_some() {
             for &guest in &opts.forward_ports {
                 forwards.push((guest, crate::net::free_port()?));
             }
             let host_guest: Vec<(u16, u16)> = forwards.iter().map(|&(g, h)| (h, g)).collect();
-            args = args.user_net(&host_guest);
+            args = match pxe {
+                Some((dir, bootfile)) => args.pxe_net(opts.nic, &host_guest, dir, bootfile),
+                None => args.user_net_on(opts.nic, &host_guest),
+            };
         }
         if !opts.allow_reboot {
             args = args.no_reboot();
@@ -277,7 +310,9 @@ fn spawn(args: &QemuArgs, dir: &Path) -> Result<Child> {
         .open(&stderr_path)
         .map_err(HarnessError::io("cannot create", &stderr_path))?;
     let mut cmd = args.command();
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
     cmd.spawn().map_err(|source| HarnessError::Spawn {
         program: crate::qemu::QEMU.into(),
         source,

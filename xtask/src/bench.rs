@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the figures we hold ourselves to, each against its
 //! target. Reports PASS/MISS; never fails on a miss. The node API's figures
-//! are measured in `bench_api`.
+//! are measured in `bench_api`, the output formats in `bench_formats`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use qemu_tests::tools::{self, SquashEntry};
 use qemu_tests::{disk, VmOptions};
 
 use crate::bench_api::{self, ApiFigures};
+use crate::bench_formats::FormatFigures;
 use crate::deps;
 use crate::image::{build_builder, build_image};
 use crate::workspace::Workspace;
@@ -24,12 +25,11 @@ const RSS_BOOT_TARGET_MIB: f64 = 20.0;
 const RSS_FOLLOWERS_TARGET_MIB: f64 = 40.0;
 const APPLY_TARGET: Duration = Duration::from_secs(2);
 
-pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
+pub fn bench(ws: &Workspace, boots: usize, builds: usize, no_vm: bool) -> Result<()> {
     deps::ensure(&[deps::FETCH, deps::IMAGE, deps::BENCH])?;
     crate::fetch::fetch(ws, false)?;
     let programs = crate::programs::build(ws)?;
     let builder = build_builder(ws)?;
-    let nodectl = crate::programs::build_nodectl(ws, true)?;
     let spec = ws.default_spec();
 
     // (1) Build time, warm: artifacts fetched, builder compiled.
@@ -48,8 +48,22 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
     }
     let build = median(&mut times);
 
-    // (2) Sizes.
+    // (2) Sizes, and each output format against the raw image.
     let sizes = Sizes::measure(&raw, &programs.init, &ws.target_dir.join("bench"))?;
+    let formats = match crate::bench_formats::measure(ws, &builder, &programs, &spec) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            println!("bench: the output format figures failed: {e:#}");
+            None
+        }
+    };
+    if no_vm {
+        println!();
+        println!("== Caisson bench ({builds} builds, no VM; medians) ==");
+        print_build(build, &sizes, formats.as_ref());
+        return Ok(());
+    }
+    let nodectl = crate::programs::build_nodectl(ws, true)?;
 
     // (3)+(4) Boot to the agent's banner and to the API answering (no
     // config: maintenance mode), and the agent's memory once ready.
@@ -112,20 +126,7 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
         "== Caisson bench ({} builds, {} boots; medians) ==",
         builds, boots
     );
-    verdict(
-        "image build (warm)",
-        format!("{:.1} s", build.as_secs_f64()),
-        format!("≤ {} s", BUILD_TARGET.as_secs()),
-        build <= BUILD_TARGET,
-    );
-    sizes.print();
-    let own = sizes.own_bytes() as f64 / MIB;
-    verdict(
-        "OS's own part (agent, init, libraries, rest)",
-        format!("{own:.1} MiB"),
-        format!("≤ {OWN_TARGET_MIB} MiB"),
-        own <= OWN_TARGET_MIB,
-    );
+    print_build(build, &sizes, formats.as_ref());
     verdict(
         "boot to agent banner (TCG + OVMF)",
         format!("{:.1} s", boot.as_secs_f64()),
@@ -158,6 +159,28 @@ pub fn bench(ws: &Workspace, boots: usize, builds: usize) -> Result<()> {
         None => println!("  {:<46} not measured (see above)", "upgrade figures"),
     }
     Ok(())
+}
+
+/// Build time, where the bytes go, and the output formats.
+fn print_build(build: Duration, sizes: &Sizes, formats: Option<&FormatFigures>) {
+    verdict(
+        "image build (warm)",
+        format!("{:.1} s", build.as_secs_f64()),
+        format!("≤ {} s", BUILD_TARGET.as_secs()),
+        build <= BUILD_TARGET,
+    );
+    sizes.print();
+    let own = sizes.own_bytes() as f64 / MIB;
+    verdict(
+        "OS's own part (agent, init, libraries, rest)",
+        format!("{own:.1} MiB"),
+        format!("≤ {OWN_TARGET_MIB} MiB"),
+        own <= OWN_TARGET_MIB,
+    );
+    match formats {
+        Some(f) => crate::bench_formats::print(f, build),
+        None => println!("  {:<46} not measured (see above)", "output formats"),
+    }
 }
 
 fn print_api(mut api: ApiFigures) {

@@ -36,6 +36,16 @@ pub enum Need {
     Dnsmasq,
     /// The independent check of our dm-verity trees.
     Veritysetup,
+    /// OpenStack config drives for the config-source tests.
+    Genisoimage,
+    /// NoCloud seeds for the config-source tests (Debian's cloud-image-utils).
+    CloudLocalds,
+    /// QEMU's iPXE option ROMs: the PXE tests boot over TFTP with them.
+    IpxeRom,
+    /// SeaBIOS, which runs the iPXE ROM in the PXE tests.
+    Seabios,
+    /// Loop devices for the installer's and DATA growth's host tests.
+    Losetup,
 }
 
 enum Check {
@@ -65,6 +75,11 @@ impl Need {
             Need::Ip => (Check::Command("ip"), "iproute2"),
             Need::Dnsmasq => (Check::Command("dnsmasq"), "dnsmasq-base"),
             Need::Veritysetup => (Check::Command("veritysetup"), "cryptsetup-bin"),
+            Need::Genisoimage => (Check::Command("genisoimage"), "genisoimage"),
+            Need::CloudLocalds => (Check::Command("cloud-localds"), "cloud-image-utils"),
+            Need::IpxeRom => (Check::File("/usr/lib/ipxe/qemu/pxe-virtio.rom"), "ipxe-qemu"),
+            Need::Seabios => (Check::File("/usr/share/seabios/bios-256k.bin"), "seabios"),
+            Need::Losetup => (Check::Command("losetup"), "mount"),
         }
     }
 }
@@ -92,6 +107,11 @@ pub const TEST: &[Need] = &[
     Need::Ip,
     Need::Dnsmasq,
     Need::Veritysetup,
+    Need::Genisoimage,
+    Need::CloudLocalds,
+    Need::IpxeRom,
+    Need::Seabios,
+    Need::Losetup,
 ];
 /// Size and boot measurements.
 pub const BENCH: &[Need] = &[

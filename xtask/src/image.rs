@@ -21,11 +21,13 @@ pub fn build_builder(ws: &Workspace) -> Result<PathBuf> {
 /// One image-builder run and what it produced.
 pub struct Built {
     pub raw: PathBuf,
+    /// `<out>/<name>-<version>.pxe/`, when the spec lists `pxe`.
+    pub pxe: Option<PathBuf>,
     pub took: Duration,
 }
 
-/// Run the builder on `spec` into `out`; any older raw image there is removed
-/// first so a stale one can never be picked up.
+/// Run the builder on `spec` into `out`; any older raw image or PXE
+/// directory there is removed first so a stale one can never be picked up.
 pub fn build_image(
     ws: &Workspace,
     builder: &Path,
@@ -36,6 +38,10 @@ pub fn build_image(
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for raw in raw_files(out)? {
         std::fs::remove_file(&raw).with_context(|| format!("cannot delete {}", raw.display()))?;
+    }
+    for pxe in pxe_dirs(out)? {
+        std::fs::remove_dir_all(&pxe)
+            .with_context(|| format!("cannot delete {}", pxe.display()))?;
     }
     let mut cmd = Command::new(builder);
     cmd.current_dir(&ws.root)
@@ -68,7 +74,9 @@ pub fn build_image(
         spec,
         out,
     )?;
-    Ok(Built { raw, took })
+    // Beside the raw image, from the same build.
+    let pxe = Some(raw.with_extension("pxe")).filter(|p| p.is_dir());
+    Ok(Built { raw, pxe, took })
 }
 
 /// The path the builder printed; else `<out>/<name>-<version>.raw` as the
@@ -99,6 +107,18 @@ fn spec_identity(spec: &Path) -> Option<String> {
     let name = table.get("name")?.as_str()?;
     let version = table.get("version")?.as_str()?;
     Some(format!("{name}-{version}"))
+}
+
+/// The `<identity>.pxe/` directories in `dir`.
+fn pxe_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "pxe") && path.is_dir() {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 fn raw_files(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_formats;
 mod bench_upgrade;
 mod demo;
 mod deps;
@@ -60,7 +61,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
     },
-    /// Measure image build time, image size, boot time, the agent's memory and the node API.
+    /// Measure image build time, image size, each output format, boot time, the agent's memory and the node API.
     Bench {
         /// How many boots to take the median of.
         #[arg(long, default_value_t = 3)]
@@ -68,6 +69,9 @@ enum Cmd {
         /// How many image builds to take the median of.
         #[arg(long, default_value_t = 2)]
         builds: usize,
+        /// Only the builds, sizes and output formats: boot no VM.
+        #[arg(long)]
+        no_vm: bool,
     },
 }
 
@@ -101,6 +105,10 @@ fn run(cli: Cli) -> Result<()> {
             with_k3s,
             test_args,
         } => test::test(&ws, &test_args, with_k3s),
-        Cmd::Bench { boots, builds } => bench::bench(&ws, boots.max(1), builds.max(1)),
+        Cmd::Bench {
+            boots,
+            builds,
+            no_vm,
+        } => bench::bench(&ws, boots.max(1), builds.max(1), no_vm),
     }
 }

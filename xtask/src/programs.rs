@@ -38,12 +38,14 @@ pub fn build(ws: &Workspace) -> Result<Programs> {
     })
 }
 
-/// The TEST FIXTURES `ticker` and `k3s-stand-in`, release, static like the
+/// The TEST FIXTURES `ticker`, `k3s-stand-in` and `tcp-relay`, release, static like the
 /// node's programs (same flags, same target); returns the directory that
 /// holds them. A cargo run of its own: building them together with the
 /// agent could unify features of shared dependencies into the agent.
 pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
-    println!("xtask: building the test fixtures ticker and k3s-stand-in (release, static)");
+    println!(
+        "xtask: building the test fixtures ticker, k3s-stand-in and tcp-relay (release, static)"
+    );
     let mut cmd = ws.cargo();
     cmd.args([
         "build",
@@ -70,7 +72,7 @@ pub fn build_fixtures(ws: &Workspace) -> Result<PathBuf> {
 }
 
 /// The binaries of `caisson-test-fixtures`.
-pub const FIXTURES: [&str; 2] = ["ticker", "k3s-stand-in"];
+pub const FIXTURES: [&str; 3] = ["ticker", "k3s-stand-in", "tcp-relay"];
 
 /// `nodectl` for this host. Debug for the tests: `cargo test` builds the same
 /// binary anyway, so this costs nothing extra there. Release for the bench,

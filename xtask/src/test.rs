@@ -47,6 +47,11 @@ pub fn test(ws: &Workspace, test_args: &[String], with_k3s: bool) -> Result<()> 
             .env(test_env::FIXTURES_DIR, &fixtures)
             .env(KERNEL_MODULES_DIR, &modules)
             .env(test_env::WORK_DIR, ws.target_dir.join("qemu-tests"));
+        // Built once with the image (the spec lists `pxe`); the PXE tests
+        // fail and say so when it is missing.
+        if let Some(pxe) = &prepared.image.pxe {
+            cmd.env(test_env::PXE_DIR, pxe);
+        }
     };
     let mut cmd = ws.cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast", "--", TEST_THREADS])

@@ -55,6 +55,7 @@ pub fn changes(old: Option<&MachineConfig>, new: &MachineConfig) -> Vec<ConfigCh
                 kubernetes: None,
                 containerd: Default::default(),
                 containers: Vec::new(),
+                install: None,
             };
             (&blank, true)
         }
@@ -194,6 +195,11 @@ impl Node {
                     response.changes.len(),
                     response.applied.len()
                 );
+                if new.install.is_some() {
+                    if let Some(me) = self.me.upgrade() {
+                        crate::install::after_apply(&me);
+                    }
+                }
                 Ok(response)
             }
         }
@@ -366,6 +372,11 @@ impl Node {
     /// `needs_reboot`; a failure is logged and said, not fatal: the config
     /// is saved and the next boot tries again.
     pub(crate) fn write_kernel_args(&self, args: &[String]) -> String {
+        if self.facts.live {
+            return "kernel.args: saved in the config, but a live boot has no boot entry to write them to: \
+                    put them on the command line in the PXE directory's boot.ipxe"
+                .to_string();
+        }
         let mut load = |name: &'static str| self.load_module(name);
         match self.host.write_boot_entry(args, &mut load) {
             Ok(Outcome::Written(file)) => {

@@ -39,6 +39,9 @@ use crate::{bootentry, etc, health, logs, mounts, reset};
 pub struct Facts {
     pub image_version: String,
     pub slot: String,
+    /// A live boot (`caisson.live`): STATE and DATA in memory, no slot to
+    /// upgrade or roll back to.
+    pub live: bool,
     pub kernel: String,
     /// Used when the config names no host name.
     pub default_hostname: String,
@@ -412,7 +415,12 @@ impl Node {
         }
         let store = state_mounted.then_some(&self.store);
         let mut running = self.running.lock().await;
-        match source::find(store, &self.paths.embedded_config) {
+        // Neither STATE nor the image: the platform's sources (saved on STATE when found).
+        let found = match source::find(store, &self.paths.embedded_config) {
+            BootConfig::None => self.platform_boot_config(store).await,
+            other => other,
+        };
+        match found {
             BootConfig::Found {
                 source,
                 config,
@@ -484,7 +492,7 @@ impl Node {
             }
             BootConfig::None => {
                 info!(
-                    "config: no machine config on STATE or in the image ({}): maintenance mode",
+                    "config: no machine config on STATE, in the image ({}) or from the platform: maintenance mode",
                     self.paths.embedded_config.display()
                 );
                 self.make_current(&mut running, None, "no machine config");
@@ -633,6 +641,11 @@ impl Node {
             .map_err(|e| e.to_string())
     }
 
+    /// Where shutdown requests go (the installer's reboot).
+    pub(crate) fn power_requests(&self) -> mpsc::Sender<power::Request> {
+        self.power.clone()
+    }
+
     pub(crate) fn state_mounted(&self) -> bool {
         self.host.is_mounted(&self.paths.state)
     }
@@ -711,11 +724,17 @@ mod tests;
 impl NodeOps for Node {
     fn version(&self) -> VersionInfo {
         let status = self.status();
-        let (slots, last_upgrade) = self.upgrades.slots_view(&self.facts.image_version);
+        let (slots, last_upgrade) = if self.facts.live {
+            // No disk: no slots, no upgrade history.
+            (Vec::new(), None)
+        } else {
+            self.upgrades.slots_view(&self.facts.image_version)
+        };
         VersionInfo {
             image_version: self.facts.image_version.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             slot: self.facts.slot.clone(),
+            live: self.facts.live,
             kernel: self.facts.kernel.clone(),
             hostname: status.hostname,
             maintenance: status.mode == Mode::Maintenance,

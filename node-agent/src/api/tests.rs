@@ -120,6 +120,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(state_mounted: bool) -> Fixture {
+        Fixture::booted(state_mounted, false)
+    }
+
+    /// `live`: as on a `caisson.live` boot.
+    fn booted(state_mounted: bool, live: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let paths = Paths {
@@ -141,6 +146,7 @@ impl Fixture {
         let facts = Facts {
             image_version: "0.1.0".into(),
             slot: "a".into(),
+            live,
             kernel: "6.1.0".into(),
             default_hostname: "caisson-0000abcd".into(),
         };
@@ -643,4 +649,42 @@ async fn a_try_writes_the_boot_entry_only_once_confirmed() {
         *f.entry_args.lock().unwrap(),
         [vec!["nowatchdog".to_string()]]
     );
+}
+
+/// A live node has no slot: `version` says live with no slots, and
+/// upgrades, rollbacks and the trial watcher never touch a disk.
+#[tokio::test(flavor = "current_thread")]
+async fn a_live_node_says_so_and_refuses_upgrades_and_rollback() {
+    let f = Fixture::booted(true, true);
+    let v = f.node.version();
+    assert!(v.live);
+    assert!(v.slots.is_empty() && v.last_upgrade.is_none());
+    let refused = |e: ApiError| match e {
+        ApiError::Conflict(why) => assert!(why.contains("booted live") && why.contains("no A/B slot"), "{why}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    refused(
+        f.node
+            .rollback_now(RollbackRequest { reboot: true }, "admin".into())
+            .await
+            .unwrap_err(),
+    );
+    let options = caisson_api::server::UpgradeOptions { stage: true, measure_disk: false };
+    refused(
+        f.node
+            .upgrade_now(UpgradeSource::Url("http://127.0.0.1:9/b.bundle".into()), options, "admin".into())
+            .await
+            .unwrap_err(),
+    );
+    f.node.clone().watch_trial().await;
+    assert!(!Fixture::new(true).node.version().live);
+
+    // kernel.args are kept in the config; there is no entry to write.
+    let r = f
+        .apply(&config("node-1", "[kernel]\nargs = [\"nowatchdog\"]"), ApplyMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(r.needs_reboot.len(), 1, "{:?}", r.needs_reboot);
+    assert!(r.needs_reboot[0].contains("live boot has no boot entry"), "{:?}", r.needs_reboot);
+    assert!(f.entry_args.lock().unwrap().is_empty());
 }

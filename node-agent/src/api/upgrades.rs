@@ -80,6 +80,17 @@ fn install_error(e: InstallError) -> ApiError {
     }
 }
 
+/// A live boot has no disk slot to write or to go back to.
+fn refuse_if_live(live: bool, what: &str) -> Result<(), ApiError> {
+    if live {
+        return Err(ApiError::Conflict(format!(
+            "{what} refused: this node booted live (caisson.live: root and STATE in memory) and has no A/B slot \
+             to write or roll back to; boot the new image over PXE, or install the node to a disk first"
+        )));
+    }
+    Ok(())
+}
+
 /// GET an `http://` URL; the body as a stream.
 async fn fetch(url: &str) -> Result<BundleStream, ApiError> {
     let bad = |why: String| ApiError::BadRequest(format!("upgrade URL {url}: {why}"));
@@ -135,6 +146,7 @@ impl Node {
         options: caisson_api::server::UpgradeOptions,
         by: String,
     ) -> Result<UpgradeResponse, ApiError> {
+        refuse_if_live(self.facts.live, "upgrade")?;
         let stage = options.stage;
         let config = {
             let running = self.running.lock().await;
@@ -275,6 +287,7 @@ impl Node {
     }
 
     pub(crate) async fn rollback_now(&self, req: RollbackRequest, by: String) -> Result<RollbackResponse, ApiError> {
+        refuse_if_live(self.facts.live, "rollback")?;
         let _busy = self.upgrades.begin(&by).map_err(|b| {
             ApiError::Conflict(format!("an upgrade started by {} is running; roll back after it", b.by))
         })?;
@@ -310,6 +323,10 @@ impl Node {
     /// At boot: read the ESP, record and clean up, and if this slot is on
     /// trial, run the health gates; bless it, or reboot without blessing.
     pub async fn watch_trial(self: Arc<Self>) {
+        if self.facts.live {
+            info!("upgrade: live boot: no boot entries to read, no slot on trial");
+            return;
+        }
         let me = self.clone();
         let verdict = tokio::task::spawn_blocking(move || {
             let load = |name: &'static str| me.load_module(name);

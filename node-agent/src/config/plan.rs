@@ -204,6 +204,7 @@ mod tests {
             kubernetes: None,
             containerd: Default::default(),
             containers: Vec::new(),
+            install: None,
         }
     }
 

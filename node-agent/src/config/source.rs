@@ -3,7 +3,12 @@
 //! 1. STATE (`config/current.toml`), written by the API;
 //! 2. the image (`/usr/lib/caisson/config.toml`, put there by
 //!    `image-builder build --config FILE`);
-//! 3. none: maintenance mode.
+//! 3. to 8. the platform's sources, in [`crate::platform`]'s order: the
+//!    kernel command line's `caisson.config=` URL, an OpenStack config
+//!    drive, the metadata service, VMware guestinfo, a NoCloud seed,
+//!    QEMU's fw_cfg. A config found there is saved on STATE first, so it
+//!    is read there only until a config is on STATE;
+//! 9. none: maintenance mode.
 //!
 //! A config that does not parse or validate stops the search: the node
 //! stays in maintenance mode rather than boot half-configured or with a
@@ -15,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use caisson_config::{ConfigErrors, MachineConfig};
 
+use crate::platform::PlatformSource;
 use crate::store::ConfigStore;
 
 /// The config the image builder embeds.
@@ -24,6 +30,8 @@ pub use caisson_layout::paths::EMBEDDED_CONFIG;
 pub enum Source {
     State(PathBuf),
     Image(PathBuf),
+    /// Found on a platform source this boot (and saved on STATE).
+    Platform(PlatformSource),
     /// Applied through the API during this boot.
     Api,
 }
@@ -34,17 +42,20 @@ impl fmt::Display for Source {
         match self {
             Source::State(p) => write!(f, "STATE ({})", p.display()),
             Source::Image(p) => write!(f, "the image ({})", p.display()),
+            Source::Platform(p) => write!(f, "{p}"),
             Source::Api => f.write_str("the API"),
         }
     }
 }
 
 impl Source {
-    /// `STATE`, `image` or `API`: the short form for console lines.
+    /// `STATE`, `image`, `API` or the platform source's (`config-drive`,
+    /// `nocloud`, …): the short form for console lines and health.
     pub fn short(&self) -> &'static str {
         match self {
             Source::State(_) => "STATE",
             Source::Image(_) => "image",
+            Source::Platform(p) => p.kind.short(),
             Source::Api => "API",
         }
     }

@@ -14,7 +14,7 @@ use nix::mount::MsFlags;
 use thiserror::Error;
 
 pub use pseudo::{ensure_proc, pseudo_filesystems};
-pub use storage::{mount_data, mount_state};
+pub use storage::{mount_data, mount_state, Storage, LIVE_LINE};
 
 use mountinfo::MountEntry;
 

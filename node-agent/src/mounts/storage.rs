@@ -1,6 +1,7 @@
 //! STATE and DATA: ext4 partitions found by their GPT label on the disk the
 //! root came from (so a second Caisson disk in the machine is never used by
-//! mistake).
+//! mistake); or, on a live boot (`caisson.live`), tmpfs mounts at the same
+//! places, with no disk looked at at all.
 
 use std::fmt;
 use std::io;
@@ -36,6 +37,29 @@ pub enum StorageError {
     Mount(#[from] MountError),
 }
 
+/// Where STATE and DATA live on this boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// The STATE and DATA partitions beside the root.
+    Disk,
+    /// `caisson.live`: tmpfs, gone at the next boot. Disks are never
+    /// searched, so a live node cannot pick up another node's STATE.
+    Live,
+}
+
+impl Storage {
+    pub fn from_cmdline(cmdline: &caisson_layout::KernelCmdline) -> Storage {
+        if caisson_layout::is_live(cmdline) {
+            Storage::Live
+        } else {
+            Storage::Disk
+        }
+    }
+}
+
+/// The console line of a live boot, before the state phase.
+pub const LIVE_LINE: &str = "live: STATE and DATA are in memory (caisson.live): nothing is kept across a reboot and no disk is looked at";
+
 /// Where a partition was found, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -45,6 +69,8 @@ pub enum Found {
     AnyDisk,
     /// It was mounted already (e.g. the agent restarted in place).
     AlreadyMounted,
+    /// A tmpfs of a live boot.
+    InMemory,
 }
 
 #[derive(Debug, Clone)]
@@ -72,13 +98,19 @@ impl fmt::Display for Mounted {
                 self.mount_point
             ),
             Found::AlreadyMounted => write!(f, "{} was already mounted", self.mount_point),
+            Found::InMemory => write!(f, "tmpfs on {} (live: in memory)", self.mount_point),
         }
     }
 }
 
+const STATE_FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+const DATA_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
 /// STATE at /run/caisson/state, 0700, nosuid,nodev,noexec: machine config,
 /// keys and the audit log, for the agent alone.
-pub fn mount_state() -> Result<Mounted, StorageError> {
+pub fn mount_state(storage: Storage) -> Result<Mounted, StorageError> {
     let target = Path::new(STATE_MOUNT);
     if already_mounted(target)? {
         return Ok(Mounted {
@@ -87,24 +119,29 @@ pub fn mount_state() -> Result<Mounted, StorageError> {
             found: Found::AlreadyMounted,
         });
     }
-    let (device, found) = find_partition(PartitionRole::State.label())?;
     create_dir_all(target)?;
     set_mode(target, 0o700)?;
-    mount_ext4(
-        &device,
-        STATE_MOUNT,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-    )?;
+    let mounted = match storage {
+        Storage::Live => {
+            mount_tmpfs(STATE_MOUNT, STATE_FLAGS, "mode=0700")?;
+            in_memory(STATE_MOUNT)
+        }
+        Storage::Disk => {
+            let (device, found) = find_partition(PartitionRole::State.label())?;
+            mount_ext4(&device, STATE_MOUNT, STATE_FLAGS)?;
+            Mounted {
+                device,
+                mount_point: STATE_MOUNT,
+                found,
+            }
+        }
+    };
     set_mode(target, 0o700)?;
-    Ok(Mounted {
-        device,
-        mount_point: STATE_MOUNT,
-        found,
-    })
+    Ok(mounted)
 }
 
 /// DATA at /var, nosuid,nodev: containerd, k3s, logs.
-pub fn mount_data() -> Result<Mounted, StorageError> {
+pub fn mount_data(storage: Storage) -> Result<Mounted, StorageError> {
     let target = Path::new(DATA_MOUNT);
     let mounted = if already_mounted(target)? {
         Mounted {
@@ -113,12 +150,20 @@ pub fn mount_data() -> Result<Mounted, StorageError> {
             found: Found::AlreadyMounted,
         }
     } else {
-        let (device, found) = find_partition(PartitionRole::Data.label())?;
-        mount_ext4(&device, DATA_MOUNT, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
-        Mounted {
-            device,
-            mount_point: DATA_MOUNT,
-            found,
+        match storage {
+            Storage::Live => {
+                mount_tmpfs(DATA_MOUNT, DATA_FLAGS, "mode=0755")?;
+                in_memory(DATA_MOUNT)
+            }
+            Storage::Disk => {
+                let (device, found) = find_partition(PartitionRole::Data.label())?;
+                mount_ext4(&device, DATA_MOUNT, DATA_FLAGS)?;
+                Mounted {
+                    device,
+                    mount_point: DATA_MOUNT,
+                    found,
+                }
+            }
         }
     };
     for dir in ["log", "lib"] {
@@ -129,6 +174,28 @@ pub fn mount_data() -> Result<Mounted, StorageError> {
 
 fn already_mounted(target: &Path) -> Result<bool, StorageError> {
     Ok(is_mount_point(&current_mounts()?, target))
+}
+
+/// No device: like an already mounted one, nothing to grow or check.
+fn in_memory(mount_point: &'static str) -> Mounted {
+    Mounted {
+        device: PathBuf::new(),
+        mount_point,
+        found: Found::InMemory,
+    }
+}
+
+/// A tmpfs with the default size limit (half the RAM): what a live node
+/// writes lives in memory anyway.
+fn mount_tmpfs(target: &str, flags: MsFlags, data: &str) -> Result<(), MountError> {
+    MountSpec {
+        source: "tmpfs",
+        target,
+        fs_type: "tmpfs",
+        flags,
+        data: Some(data),
+    }
+    .mount()
 }
 
 fn mount_ext4(device: &Path, target: &str, flags: MsFlags) -> Result<(), MountError> {
@@ -144,7 +211,8 @@ fn mount_ext4(device: &Path, target: &str, flags: MsFlags) -> Result<(), MountEr
 }
 
 /// The device node of the partition labelled `label` on the root's disk; if
-/// `init` left no hint, on whichever disk has one (logged as such).
+/// `init` left no hint, on whichever disk has one (logged as such). Never
+/// called on a live boot.
 fn find_partition(label: &'static str) -> Result<(PathBuf, Found), StorageError> {
     match std::fs::read_to_string(ROOT_DEVICE_HINT) {
         Ok(hint) => {
@@ -175,5 +243,39 @@ fn find_on_any_disk(label: &'static str) -> Result<PathBuf, StorageError> {
         }
         Ok(None) => Err(StorageError::NotFound { label }),
         Err(source) => Err(StorageError::Devices { label, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caisson_layout::KernelCmdline;
+
+    #[test]
+    fn live_storage_comes_from_caisson_live_alone() {
+        let live = KernelCmdline::parse(
+            "caisson.slot=a caisson.root=initrd:/caisson/root.img caisson.live",
+        );
+        assert_eq!(Storage::from_cmdline(&live), Storage::Live);
+        let disk = KernelCmdline::parse("caisson.slot=a caisson.root=PARTLABEL=ROOT-A");
+        assert_eq!(Storage::from_cmdline(&disk), Storage::Disk);
+        assert!(LIVE_LINE.starts_with("live: STATE and DATA are in memory"));
+    }
+
+    #[test]
+    fn mounted_lines_say_where_it_came_from() {
+        assert_eq!(
+            in_memory(STATE_MOUNT).to_string(),
+            "tmpfs on /run/caisson/state (live: in memory)"
+        );
+        let beside = Mounted {
+            device: PathBuf::from("/dev/vda4"),
+            mount_point: STATE_MOUNT,
+            found: Found::BesideRoot("vda2".into()),
+        };
+        assert_eq!(
+            beside.to_string(),
+            "/dev/vda4 (beside root vda2) on /run/caisson/state"
+        );
     }
 }

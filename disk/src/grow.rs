@@ -59,10 +59,10 @@ impl Growth {
         self.first_lba * self.block
     }
     pub fn old_size(&self) -> u64 {
-        (self.old_last_lba + 1 - self.first_lba) * self.block
+        (self.old_last_lba + 1).saturating_sub(self.first_lba) * self.block
     }
     pub fn new_size(&self) -> u64 {
-        (self.new_last_lba + 1 - self.first_lba) * self.block
+        (self.new_last_lba + 1).saturating_sub(self.first_lba) * self.block
     }
 }
 

@@ -171,6 +171,7 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
         .arg(&root)
         .arg("usr/lib/caisson/config.toml"));
     assert_eq!(cat, machine_config, "embedded byte for byte");
+    install_payload_matches_the_image(&root, &image, scratch.path());
 
     for role in [PartitionRole::State, PartitionRole::Data] {
         let fs = partition(&image, role, scratch.path());
@@ -180,6 +181,57 @@ fn image_passes_independent_checks_and_rebuilds_byte_identical() {
             header.contains(&format!("Filesystem volume name:   {}", role.label())),
             "{header}"
         );
+    }
+}
+
+/// `usr/lib/caisson/install/`: the manifest names the spec's disk sizes and
+/// every file's sha256, and each template expands to exactly the image's
+/// own STATE or DATA partition.
+fn install_payload_matches_the_image(root: &Path, image: &Path, scratch: &Path) {
+    use caisson_disk::payload::{self, InstallManifest};
+    use sha2::{Digest, Sha256};
+    let dir = scratch.join("payload");
+    run(tool("unsquashfs", "squashfs-tools")
+        .arg("-d")
+        .arg(&dir)
+        .arg(root)
+        .arg("usr/lib/caisson/install"));
+    let payload_dir = dir.join("usr/lib/caisson/install");
+    let text = std::fs::read_to_string(payload_dir.join(payload::MANIFEST)).unwrap();
+    let manifest = InstallManifest::parse(&text).unwrap();
+    assert_eq!(manifest.version, "1.2.3");
+    assert_eq!(SizesMiB::from(manifest.disk), SIZES);
+    let mut names: Vec<String> = std::fs::read_dir(&payload_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "data.ext4.zst",
+            "initrd",
+            "manifest.json",
+            "state.ext4.zst",
+            "systemd-bootx64.efi",
+            "vmlinuz"
+        ]
+    );
+    for (name, want) in &manifest.files {
+        let bytes = std::fs::read(payload_dir.join(name)).unwrap();
+        assert_eq!(bytes.len() as u64, want.size, "{name}");
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), want.sha256, "{name}");
+    }
+    for (label, role) in [
+        ("STATE", PartitionRole::State),
+        ("DATA", PartitionRole::Data),
+    ] {
+        let t = manifest.template(label).unwrap();
+        let compressed = std::fs::read(payload_dir.join(&t.file)).unwrap();
+        let expanded = zstd::decode_all(&compressed[..]).unwrap();
+        let own = std::fs::read(partition(image, role, scratch)).unwrap();
+        assert!(expanded == own, "{label} template != the image's {label}");
+        assert_eq!(hex::encode(Sha256::digest(&expanded)), t.sha256);
     }
 }
 

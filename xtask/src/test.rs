@@ -153,6 +153,9 @@ fn pid1_lints(ws: &Workspace) -> Result<()> {
         "caisson-init",
         "-p",
         "node-agent",
+        // The installer's disk writer runs in PID 1 too.
+        "-p",
+        "caisson-disk",
         "--",
         "-D",
         "warnings",

@@ -70,7 +70,11 @@ pub fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
     } else {
         0
     };
-    let block = 1024u64.checked_shl(log)?;
+    // ext4 blocks are 1 to 64 KiB.
+    if log > 6 {
+        return None;
+    }
+    let block = 1024u64 << log;
     Some((hi << 32 | lo, block))
 }
 
@@ -127,7 +131,9 @@ pub fn grow_data(device: &Path, mount_point: &Path) -> Result<Option<Grown>, Str
         ));
     }
     let start = entry.first_lba * block;
-    let table_bytes = (entry.last_lba + 1 - entry.first_lba) * block;
+    let table_bytes = (entry.last_lba + 1)
+        .saturating_sub(entry.first_lba)
+        .saturating_mul(block);
     let kernel_bytes = devices
         .iter()
         .find(|d| d.name == name)
@@ -186,6 +192,8 @@ mod tests {
         sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
         sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(ext4_size(&sb), Some(((1 << 32) + 65536, 4096)));
+        sb[0x18..0x1c].copy_from_slice(&60u32.to_le_bytes());
+        assert_eq!(ext4_size(&sb), None, "a nonsense block size");
         sb[0x38] = 0;
         assert_eq!(ext4_size(&sb), None);
         assert_eq!(ext4_size(&[]), None);

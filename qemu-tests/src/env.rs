@@ -75,3 +75,32 @@ pub fn fresh_dir(name: &str) -> Result<PathBuf> {
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(path).map_err(HarnessError::io("cannot resolve", path))
 }
+
+/// Write `spec_text` to `<dir>/spec.toml` and build it with the test's
+/// builder, init and agent (from the environment) into `<dir>/out`, which
+/// is returned. `what` names the image on the `bench:` line.
+pub fn build_derived_image(dir: &Path, spec_text: &str, what: &str) -> Result<PathBuf> {
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, spec_text).map_err(HarnessError::io("cannot write", &spec))?;
+    let out = dir.join("out");
+    let mut cmd = std::process::Command::new(input(BUILDER_BIN)?);
+    cmd.arg("build")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&out)
+        .arg("--init")
+        .arg(input(INIT_BIN)?)
+        .arg("--agent")
+        .arg(input(AGENT_BIN)?)
+        .arg("--artifacts")
+        .arg(input(ARTIFACTS_DIR)?)
+        .arg("--lock")
+        .arg(input(LOCK)?);
+    let started = std::time::Instant::now();
+    crate::tools::run(&mut cmd)?;
+    eprintln!(
+        "bench: {what} built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qemu_tests::nodectl::ApiNode;
 use qemu_tests::qemu::{DiskBus, ImageFormat, NicModel};
@@ -81,32 +81,11 @@ fn derive_spec(spec: &Path) -> std::result::Result<String, String> {
 fn build() -> Outcome<Built> {
     let dir = env::fresh_dir("formats.image")?;
     let spec_in = env::input(env::SPEC)?;
-    let spec = dir.join("spec.toml");
     let text = derive_spec(&spec_in).map_err(|message| HarnessError::Output {
         command: format!("deriving the formats spec from {}", spec_in.display()),
         message,
     })?;
-    std::fs::write(&spec, text).map_err(HarnessError::io("cannot write", &spec))?;
-    let out = dir.join("out");
-    let mut cmd = Command::new(env::input(env::BUILDER_BIN)?);
-    cmd.arg("build")
-        .arg(&spec)
-        .arg("--out")
-        .arg(&out)
-        .arg("--init")
-        .arg(env::input(env::INIT_BIN)?)
-        .arg("--agent")
-        .arg(env::input(env::AGENT_BIN)?)
-        .arg("--artifacts")
-        .arg(env::input(env::ARTIFACTS_DIR)?)
-        .arg("--lock")
-        .arg(env::input(env::LOCK)?);
-    let started = Instant::now();
-    tools::run(&mut cmd)?;
-    eprintln!(
-        "bench: formats test image (raw, qcow2, vmdk) built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let out = env::build_derived_image(&dir, &text, "formats test image (raw, qcow2, vmdk)")?;
     let find = |ext: &str| -> Outcome<PathBuf> {
         let names: Vec<PathBuf> = std::fs::read_dir(&out)
             .map_err(HarnessError::io("cannot list", &out))?
@@ -118,7 +97,7 @@ fn build() -> Outcome<Built> {
             .find(|p| p.extension().is_some_and(|e| e == ext))
             .cloned()
             .ok_or_else(|| HarnessError::Output {
-                command: format!("image-builder build {}", spec.display()),
+                command: format!("image-builder build {}", dir.join("spec.toml").display()),
                 message: format!("no .{ext} in {}: {names:?}", out.display()),
             })
     };

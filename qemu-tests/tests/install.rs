@@ -80,36 +80,15 @@ fn derive_spec(spec: &Path) -> Result<String, String> {
 fn build_image() -> Outcome<PathBuf> {
     let dir = env::fresh_dir("install.image")?;
     let spec_in = env::input(env::SPEC)?;
-    let spec = dir.join("spec.toml");
     let text = derive_spec(&spec_in).map_err(|message| HarnessError::Output {
         command: format!("deriving the install spec from {}", spec_in.display()),
         message,
     })?;
-    std::fs::write(&spec, text).map_err(HarnessError::io("cannot write", &spec))?;
-    let out = dir.join("out");
-    let mut cmd = Command::new(env::input(env::BUILDER_BIN)?);
-    cmd.arg("build")
-        .arg(&spec)
-        .arg("--out")
-        .arg(&out)
-        .arg("--init")
-        .arg(env::input(env::INIT_BIN)?)
-        .arg("--agent")
-        .arg(env::input(env::AGENT_BIN)?)
-        .arg("--artifacts")
-        .arg(env::input(env::ARTIFACTS_DIR)?)
-        .arg("--lock")
-        .arg(env::input(env::LOCK)?);
-    let started = Instant::now();
-    tools::run(&mut cmd)?;
-    eprintln!(
-        "bench: install test image built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let out = env::build_derived_image(&dir, &text, "install test image")?;
     let raw = out.join("caisson-0.1.0.raw");
     if !raw.is_file() {
         return Err(HarnessError::Output {
-            command: format!("image-builder build {}", spec.display()),
+            command: format!("image-builder build {}", dir.join("spec.toml").display()),
             message: format!("no {} was written", raw.display()),
         });
     }

@@ -189,33 +189,12 @@ fn build_image() -> Outcome<PathBuf> {
     })?;
     drop(file);
     let spec_in = env::input(env::SPEC)?;
-    let spec = dir.join("spec.toml");
     let text =
         derive_spec(&spec_in, &stand_in, &archive).map_err(|message| HarnessError::Output {
             command: format!("deriving the runtime spec from {}", spec_in.display()),
             message,
         })?;
-    std::fs::write(&spec, text).map_err(HarnessError::io("cannot write", &spec))?;
-    let out = dir.join("out");
-    let mut cmd = Command::new(env::input(env::BUILDER_BIN)?);
-    cmd.arg("build")
-        .arg(&spec)
-        .arg("--out")
-        .arg(&out)
-        .arg("--init")
-        .arg(env::input(env::INIT_BIN)?)
-        .arg("--agent")
-        .arg(env::input(env::AGENT_BIN)?)
-        .arg("--artifacts")
-        .arg(env::input(env::ARTIFACTS_DIR)?)
-        .arg("--lock")
-        .arg(env::input(env::LOCK)?);
-    let started = Instant::now();
-    tools::run(&mut cmd)?;
-    eprintln!(
-        "bench: runtime test image built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let out = env::build_derived_image(&dir, &text, "runtime test image")?;
     let mut raw = None;
     for entry in std::fs::read_dir(&out)
         .map_err(HarnessError::io("cannot list", &out))?
@@ -232,7 +211,7 @@ fn build_image() -> Outcome<PathBuf> {
         }
     }
     raw.ok_or_else(|| HarnessError::Output {
-        command: format!("image-builder build {}", spec.display()),
+        command: format!("image-builder build {}", dir.join("spec.toml").display()),
         message: format!("no .raw image in {}", out.display()),
     })
 }
